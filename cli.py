@@ -1,0 +1,33 @@
+"""Command line: ``python cli.py {fit,validate,test,predict} --config configs/<model>_<data>.yaml``.
+
+LightningCLI in subclass mode: the model and the DataModule are chosen by ``class_path`` in
+the YAML, so every model x dataset pair is one config file. Any value can be overridden on the
+command line, e.g. ``--trainer.max_steps 100 --data.batch_size 16``.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LightningCLI
+
+
+class SceneMotionCLI(LightningCLI):
+    """LightningCLI with the project's defaults (configs overwrite their saved copy)."""
+
+
+def main(args: list[str] | None = None, run: bool = True) -> SceneMotionCLI:
+    torch.set_float32_matmul_precision("high")
+    return SceneMotionCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    main()

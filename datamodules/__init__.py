@@ -1,0 +1,1 @@
+"""Assets, dataset generators and LightningDataModules (see ``base.py`` for the contracts)."""

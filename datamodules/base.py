@@ -1,0 +1,106 @@
+"""The contract between dataset sources and the DataModules.
+
+A *source* (``ClipSource`` subclass) is a small config object chosen in YAML by
+``class_path`` (e.g. ``datamodules.MovingMNIST``). It knows how to build/cache its data
+(``prepare``, called once on rank zero) and returns one ``ClipDataset`` per split.
+
+A ``ClipDataset`` item is a dict (``get(index, frames)``), tensors only:
+
+============  ==========================  ==============================================
+key           shape / dtype               meaning
+============  ==========================  ==============================================
+frames        (t, 3, h, w) float32 [0,1]  the selected frames, in the order asked for
+masks         (t, 1, h, w) float32 {0,1}  character masks (when ``has_masks``)
+background    (3, h, w) float32 [0,1]     the clip's background (when ``has_backgrounds``)
+poses         (t, n, 2, 3) float32        per-frame, per-character affine (Moving MNIST):
+                                          ``affine_grid`` theta (normalised coords,
+                                          ``align_corners=False``) mapping frame coords to
+                                          the character's reference (frame-0) coords
+action        () int64                    index into ``dataset.actions`` (when labelled)
+view          () int64                    index into ``dataset.views`` (when known)
+label         () int64                    action-view class ``len(views) * action + view``
+attributes    (a,) int64                  appearance attributes (``dataset.attribute_names``,
+                                          ``dataset.attribute_cardinalities`` values each)
+character     () int64                    character identity (sprites), when known
+index         () int64                    clip index in the split
+============  ==========================  ==============================================
+
+Frames are float in [0, 1], channels first, clips ``t c h w`` (batches add ``b``).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+class ClipDataset(Dataset, ABC):
+    """One split of clips; see the module docstring for the item contract."""
+
+    actions: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()
+    attribute_names: tuple[str, ...] = ()
+    attribute_cardinalities: tuple[int, ...] = ()
+    has_masks: bool = False
+    has_backgrounds: bool = False
+    has_poses: bool = False
+    #: True when clips are generated on the fly from ``(seed, key)`` (fresh clips per epoch).
+    procedural: bool = False
+    image_size: int = 64
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def clip_length(self, index: int) -> int:
+        """Number of frames of clip ``index``."""
+
+    @abstractmethod
+    def get(self, index: int, frames: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Clip ``index`` restricted to ``frames`` (all frames when ``None``)."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.get(index)
+
+
+class ClipSource(ABC):
+    """A dataset choice in config; builds caches and hands out ``ClipDataset`` splits."""
+
+    @abstractmethod
+    def prepare(self, assets_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+        """Verify assets and build every cache (rank zero only; idempotent, cheap when cached)."""
+
+    @abstractmethod
+    def dataset(
+        self, split: str, assets_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+    ) -> ClipDataset:
+        """The ``ClipDataset`` of one split (``train``, ``val`` or ``test``)."""
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    return split
+
+
+def to_float_frames(frames_uint8: "numpy.ndarray") -> torch.Tensor:  # noqa: F821
+    """uint8 ``t h w c`` -> float32 ``t c h w`` in [0, 1]."""
+    return torch.from_numpy(frames_uint8.copy()).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def relative_affine(pose_from: torch.Tensor, pose_to: torch.Tensor) -> torch.Tensor:
+    """T_X taking frame ``from`` to frame ``to``: ``grid_sample(layer_from, affine_grid(T))≈layer_to``.
+
+    With ``layer_t(p) = layer_0(P_t p)`` it is ``T = P_from^{-1} P_to`` in homogeneous form;
+    inputs and output are ``(..., 2, 3)``.
+    """
+    bottom = pose_from.new_tensor([0.0, 0.0, 1.0]).expand(*pose_from.shape[:-2], 1, 3)
+    p_from = torch.cat([pose_from, bottom], dim=-2)
+    p_to = torch.cat([pose_to, bottom], dim=-2)
+    return torch.linalg.solve(p_from, p_to)[..., :2, :]

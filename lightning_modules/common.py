@@ -1,0 +1,72 @@
+"""Helpers shared by the LightningModules: checkpoint-type guard and result tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from pytorch_lightning.utilities import rank_zero_only
+
+MODEL_TAG_KEY = "scenemotion_model"
+
+
+class CheckpointGuardMixin:
+    """Tags checkpoints with the model class and refuses to load another model's checkpoint.
+
+    ``on_load_checkpoint`` runs before the state dict is loaded, so a checkpoint of the other
+    model gets one clear message instead of a list of missing keys.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[MODEL_TAG_KEY] = type(self).__name__
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(MODEL_TAG_KEY)
+        if saved is None:
+            saved = checkpoint.get("hyper_parameters", {}).get("_class_path", "an unknown model")
+        if saved != type(self).__name__:
+            raise ValueError(
+                f"This checkpoint was saved by {saved}, but the config builds {type(self).__name__}. "
+                f"Use a config of the model that wrote the checkpoint (model.class_path) or another checkpoint."
+            )
+
+
+def format_table(title: str, rows: Mapping[str, Mapping[str, Any]], columns: list[str]) -> str:
+    """A plain-text table: one row per key of ``rows``, one column per name in ``columns``."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "-"
+            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+        return "-" if value is None else str(value)
+
+    header = [""] + columns
+    body = [[name] + [fmt(row.get(col)) for col in columns] for name, row in rows.items()]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    sep = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join([title, sep, line(header), sep] + [line(r) for r in body] + [sep])
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+@rank_zero_only
+def write_results(directory: str | os.PathLike, name: str, results: Mapping[str, Any], table: str | None = None) -> Path:
+    """Print ``table`` (if given) and write ``results`` as ``<directory>/<name>.json``."""
+    if table:
+        print("\n" + table + "\n", flush=True)
+    return atomic_write_text(Path(directory) / f"{name}.json", json.dumps(results, indent=2, default=float) + "\n")
