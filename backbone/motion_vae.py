@@ -1,0 +1,495 @@
+"""The Hamiltonian content/motion sequential VAE of paper 004 as a plain ``nn.Module``.
+
+Generative model (§3.1, eq. 2–6): content ``z ~ N(0, I)``; for a clip of action ``k`` a
+phase-space state ``s^k = (q^k, p^k) ~ N(0, I_2d)`` unrolled by ``exp(τ H_k)``
+(``backbone.hamiltonian``); every other action's subspace is exactly zero; frame ``t`` is
+decoded from ``(z, q_t)`` with ``q_t = [q_t^1, …, q_t^K]`` (only block ``k`` non-zero).
+
+Inference (§3.2, eq. 11–16, Table 5), all diagonal Gaussians with a ``log σ`` head:
+
+* ``q(z | x_{1:T})``: a bidirectional LSTM over the per-frame features (hidden ``|Z|/2`` each
+  way; the forward state after the last frame and the backward state after the first frame
+  are concatenated to ``|Z|``, as in DSVAE), then ``Linear_μ`` / ``Linear_logσ``;
+* ``q(q_t^k | x_t, u)``: ``[h_t, one_hot(k)]`` -> Linear/BN/LReLU x2 -> ``μ, log σ`` of *all*
+  ``K·d`` position coordinates (Table 5 outputs ``|Q| = K x d``); the block of action ``k``
+  is kept, the rest discarded (the subspace of another action is held at zero, eq. 14);
+* ``q(p_t^k | x_{t-w+1:t}, u)``: the same per-frame MLP, then a *causal* temporal convolution
+  (kernel ``w = 4``, left padding 3) so ``p_t`` sees frames ``t-3 … t``; before the first frame
+  the padding is zeros, so a clip's first frame (and a single image at generation) gets its
+  momentum from that frame alone, exactly as a reference frame ``t = 1`` does in training.
+
+Encoder / decoder follow Tables 3–4 with configurable widths: the paper's layout is five 5x5
+convolutions of 256 channels (strides 1, 2, 2, 2, 1), linears 4096 -> 2048 -> ``h``; decoder
+linears ``(|Z| + K·d) -> 4096 -> 256·4·4`` and five transposed convolutions (strides
+2, 2, 2, 2, 1); ~108 M parameters at 64x64. The CPU configs shrink channels and linears.
+The decoder ends in a sigmoid (images are in [0, 1] here; the paper's Tanh targets [-1, 1])
+and its last layer has no BatchNorm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from backbone.hamiltonian import HamiltonianOperators, OperatorKind, embed_subspace, select_subspace
+
+
+# --------------------------------------------------------------------------- Gaussians
+@dataclass
+class DiagonalGaussian:
+    """``N(μ, diag(σ²))`` with ``σ = exp(log_sigma)``; shapes ``(..., n)``."""
+
+    mu: Tensor
+    log_sigma: Tensor
+
+    @property
+    def sigma(self) -> Tensor:
+        return self.log_sigma.exp()
+
+    def rsample(self, generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterised sample ``μ + σ ⊙ ε`` (§3.2)."""
+        eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + self.sigma * eps
+
+    def kl_standard_normal(self) -> Tensor:
+        """Analytic ``KL(N(μ, σ²) || N(0, I))`` summed over the last dim:
+        ``Σ ½(μ² + σ²) - log σ - ½``."""
+        return (0.5 * (self.mu.square() + (2 * self.log_sigma).exp()) - self.log_sigma - 0.5).sum(-1)
+
+    def index(self, *idx) -> "DiagonalGaussian":
+        return DiagonalGaussian(self.mu[idx], self.log_sigma[idx])
+
+    def distribution(self) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.mu, self.sigma)
+
+
+@dataclass
+class Posterior:
+    """``q(z | x_{1:T})`` ``(b, |Z|)``; ``q(q_t^k | ·)`` and ``q(p_t^k | ·)`` for every frame ``(b, t, d)``."""
+
+    z: DiagonalGaussian
+    q: DiagonalGaussian
+    p: DiagonalGaussian
+
+    def state(self, reference: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """``s_t = (q_t, p_t)`` at each clip's reference frame ``(b,)``: ``(b, 2d)`` (mean or sample)."""
+        rows = torch.arange(reference.shape[0], device=reference.device)
+        q, p = self.q.index(rows, reference), self.p.index(rows, reference)
+        if sample:
+            return torch.cat([q.rsample(generator), p.rsample(generator)], -1)
+        return torch.cat([q.mu, p.mu], -1)
+
+
+# --------------------------------------------------------------------------- frame networks
+def _norm2d(c: int, on: bool) -> nn.Module:
+    return nn.BatchNorm2d(c) if on else nn.Identity()
+
+
+def _norm1d(c: int, on: bool) -> nn.Module:
+    return nn.BatchNorm1d(c) if on else nn.Identity()
+
+
+def _check_kernel(kernel_size: int, strides: Sequence[int]) -> None:
+    if kernel_size < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
+    if kernel_size % 2 == 0 and any(s != 2 for s in strides):
+        raise ValueError(
+            f"an even kernel_size ({kernel_size}) only keeps sizes exact with stride 2 everywhere; "
+            f"got strides {list(strides)}. Use an odd kernel_size or stride-2 layers only."
+        )
+
+
+def _padding(kernel_size: int) -> int:
+    """Odd k: ``k//2`` (stride 1 keeps, stride 2 halves the size); even k (stride 2): ``k//2 - 1``."""
+    return kernel_size // 2 if kernel_size % 2 else kernel_size // 2 - 1
+
+
+def _check_strides(strides: Sequence[int], image_size: int, what: str) -> int:
+    if any(s not in (1, 2) for s in strides):
+        raise ValueError(f"{what} strides must each be 1 or 2, got {list(strides)}.")
+    down = 2 ** sum(s == 2 for s in strides)
+    if image_size % down:
+        raise ValueError(f"image_size={image_size} is not divisible by {down} (the {what} strides {list(strides)}).")
+    return image_size // down
+
+
+class FrameEncoder(nn.Module):
+    """Table 3: conv (k x k) / BN / LReLU(0.2) layers, flatten, Linear / BN / LReLU layers -> ``h``.
+
+    ``frames (n, c, H, W) -> (n, out_dim)``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        in_channels: int = 3,
+        channels: Sequence[int] = (256, 256, 256, 256, 256),
+        strides: Sequence[int] = (1, 2, 2, 2, 1),
+        hidden: Sequence[int] = (4096, 2048),
+        out_dim: int = 256,
+        kernel_size: int = 5,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_kernel(kernel_size, strides)
+        if len(channels) != len(strides) or not channels:
+            raise ValueError(f"encoder channels {list(channels)} and strides {list(strides)} need the same non-zero length.")
+        side = _check_strides(strides, image_size, "encoder")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c, s in zip(channels, strides):
+            layers += [nn.Conv2d(c_in, c, kernel_size, s, _padding(kernel_size), bias=not batchnorm), _norm2d(c, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            c_in = c
+        layers.append(nn.Flatten())
+        f_in = c_in * side * side
+        for f in [*hidden, out_dim]:
+            layers += [nn.Linear(f_in, f), _norm1d(f, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            f_in = f
+        self.net = nn.Sequential(*layers)
+        self.image_size, self.in_channels, self.out_dim = image_size, in_channels, out_dim
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.net(frames)
+
+
+class FrameDecoder(nn.Module):
+    """Table 4: Linear / BN / LReLU layers -> reshape ``(channels[0], s, s)`` -> transposed convs.
+
+    Transposed conv ``i`` maps ``channels[i] -> channels[i+1]`` (the last one -> ``out_channels``)
+    with stride ``strides[i]`` (odd k: padding ``k//2``, output padding ``stride - 1``; even k,
+    stride 2 only: padding ``k//2 - 1``; either way sizes double exactly);
+    all but the last are followed by BN / LReLU(0.2); the last by a sigmoid.
+    ``codes (n, in_dim) -> (n, out_channels, H, W)`` in [0, 1].
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        image_size: int = 64,
+        out_channels: int = 3,
+        hidden: Sequence[int] = (4096,),
+        channels: Sequence[int] = (256, 256, 256, 256, 256),
+        strides: Sequence[int] = (2, 2, 2, 2, 1),
+        kernel_size: int = 5,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_kernel(kernel_size, strides)
+        if len(channels) != len(strides) or not channels:
+            raise ValueError(f"decoder channels {list(channels)} and strides {list(strides)} need the same non-zero length.")
+        side = _check_strides(strides, image_size, "decoder")
+        layers: list[nn.Module] = []
+        f_in = in_dim
+        for f in [*hidden, channels[0] * side * side]:
+            layers += [nn.Linear(f_in, f), _norm1d(f, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            f_in = f
+        layers.append(nn.Unflatten(1, (channels[0], side, side)))
+        outs = [*channels[1:], out_channels]
+        for i, (c_in, c_out, s) in enumerate(zip(channels, outs, strides)):
+            last = i == len(strides) - 1
+            layers.append(nn.ConvTranspose2d(c_in, c_out, kernel_size, s, _padding(kernel_size), output_padding=(s - 1) * (kernel_size % 2), bias=last or not batchnorm))
+            layers += [nn.Sigmoid()] if last else [_norm2d(c_out, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.net(codes)
+
+
+# --------------------------------------------------------------------------- posteriors
+class GaussianHeads(nn.Module):
+    """``Linear_μ`` and ``Linear_log σ`` (Table 5)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mu = nn.Linear(in_dim, out_dim)
+        self.log_sigma = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> DiagonalGaussian:
+        return DiagonalGaussian(self.mu(x), self.log_sigma(x))
+
+
+class ContentPosterior(nn.Module):
+    """``q(z | x_{1:T})`` (eq. 15): bidirectional LSTM over frame features, then Gaussian heads."""
+
+    def __init__(self, frame_dim: int, content_dim: int) -> None:
+        super().__init__()
+        if content_dim % 2:
+            raise ValueError(f"content_dim must be even (two LSTM directions of content_dim/2), got {content_dim}.")
+        self.lstm = nn.LSTM(frame_dim, content_dim // 2, batch_first=True, bidirectional=True)
+        self.heads = GaussianHeads(content_dim, content_dim)
+
+    def forward(self, h: Tensor) -> DiagonalGaussian:
+        out, _ = self.lstm(h)  # (b, t, Z)
+        half = out.shape[-1] // 2
+        summary = torch.cat([out[:, -1, :half], out[:, 0, half:]], -1)
+        return self.heads(summary)
+
+
+class MotionPosterior(nn.Module):
+    """``q(q_t^k | x_t, u)`` or, with ``window > 1``, ``q(p_t^k | x_{t-w+1:t}, u)`` (eq. 15–16, Table 5).
+
+    ``h (b, t, f)``, ``action (b,)`` -> Gaussian over the active block, ``(b, t, d)``.
+    """
+
+    def __init__(self, frame_dim: int, num_actions: int, dim: int, hidden: int, window: int = 1, batchnorm: bool = True) -> None:
+        super().__init__()
+        self.num_actions, self.dim, self.window = num_actions, dim, window
+        full = num_actions * dim
+        self.mlp = nn.Sequential(
+            nn.Linear(frame_dim + num_actions, hidden), _norm1d(hidden, batchnorm), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(hidden, hidden), _norm1d(hidden, batchnorm), nn.LeakyReLU(0.2, inplace=True),
+        )
+        self.tcn = nn.Conv1d(hidden, hidden, window, padding=window - 1) if window > 1 else None
+        self.heads = GaussianHeads(hidden, full)
+
+    def forward(self, h: Tensor, action: Tensor) -> DiagonalGaussian:
+        b, t, _ = h.shape
+        u = repeat(F.one_hot(action, self.num_actions).to(h.dtype), "b k -> b t k", t=t)
+        x = rearrange(torch.cat([h, u], -1), "b t f -> (b t) f")
+        x = rearrange(self.mlp(x), "(b t) f -> b t f", b=b)
+        if self.tcn is not None:  # causal: keep the first t outputs of the zero-padded conv
+            x = rearrange(self.tcn(rearrange(x, "b t f -> b f t"))[..., :t], "b f t -> b t f")
+        g = self.heads(x)  # (b, t, K·d)
+        return DiagonalGaussian(
+            select_subspace(g.mu, action, self.num_actions), select_subspace(g.log_sigma, action, self.num_actions)
+        )
+
+
+# --------------------------------------------------------------------------- the model
+class MotionVAE(nn.Module):
+    """Content ``z`` + per-action Hamiltonian motion subspaces (paper 004). See module docstring.
+
+    Args:
+        num_actions: ``K`` (sprites 3, MUG 6).
+        position_dim: ``d`` per subspace (``|Q| = |P| = K x d``; sprites 6, MUG 12).
+        content_dim: ``|Z|`` (sprites 256, MUG 512).
+        frame_dim: ``h``, the per-frame feature size of the encoder.
+        image_size, in_channels: frame size and channels.
+        encoder_channels, encoder_strides, encoder_hidden: Table 3 widths.
+        decoder_hidden, decoder_channels, decoder_strides: Table 4 widths.
+        kernel_size: conv kernel (paper 5).
+        batchnorm: BatchNorm after every hidden layer (paper: yes).
+        motion_hidden: width of the position/momentum MLPs (Table 5: ``K·d``; default).
+        momentum_window: ``w``, the temporal-conv kernel of the momentum posterior (paper 4).
+        operator: ``"H"`` or ``"skew-H"`` (``backbone.hamiltonian``).
+        operator_init_std: initial scale of the operators' free parameters.
+    """
+
+    def __init__(
+        self,
+        num_actions: int = 3,
+        position_dim: int = 6,
+        content_dim: int = 256,
+        frame_dim: int = 256,
+        image_size: int = 64,
+        in_channels: int = 3,
+        encoder_channels: Sequence[int] = (256, 256, 256, 256, 256),
+        encoder_strides: Sequence[int] = (1, 2, 2, 2, 1),
+        encoder_hidden: Sequence[int] = (4096, 2048),
+        decoder_hidden: Sequence[int] = (4096,),
+        decoder_channels: Sequence[int] = (256, 256, 256, 256, 256),
+        decoder_strides: Sequence[int] = (2, 2, 2, 2, 1),
+        kernel_size: int = 5,
+        batchnorm: bool = True,
+        motion_hidden: int | None = None,
+        momentum_window: int = 4,
+        operator: OperatorKind = "H",
+        operator_init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if momentum_window < 1:
+            raise ValueError(f"momentum_window must be >= 1, got {momentum_window}.")
+        self.num_actions, self.dim, self.content_dim = num_actions, position_dim, content_dim
+        self.image_size, self.in_channels = image_size, in_channels
+        hidden = motion_hidden or num_actions * position_dim
+        self.encoder = FrameEncoder(image_size, in_channels, encoder_channels, encoder_strides, encoder_hidden, frame_dim, kernel_size, batchnorm)
+        self.content = ContentPosterior(frame_dim, content_dim)
+        self.position = MotionPosterior(frame_dim, num_actions, position_dim, hidden, 1, batchnorm)
+        self.momentum = MotionPosterior(frame_dim, num_actions, position_dim, hidden, momentum_window, batchnorm)
+        self.operators = HamiltonianOperators(num_actions, position_dim, operator, operator_init_std)
+        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm)
+        self.memory_format = torch.contiguous_format
+
+    # ------------------------------------------------------------------ checks
+    def check_frames(self, frames: Tensor, name: str = "frames") -> None:
+        expect = (self.in_channels, self.image_size, self.image_size)
+        if frames.dim() != 5 or tuple(frames.shape[-3:]) != expect:
+            raise ValueError(
+                f"{name} must be clips (b, t, {expect[0]}, {expect[1]}, {expect[2]}) in [0, 1] for this model, "
+                f"got shape {tuple(frames.shape)}; resize the data (e.g. the source's image_size) or change model.image_size."
+            )
+
+    def as_actions(self, action: Tensor | int | Sequence[int], batch: int, device: torch.device) -> Tensor:
+        """An action index per clip, ``(batch,)`` int64 (an int is broadcast); checked in range."""
+        a = torch.as_tensor(action, device=device, dtype=torch.long)
+        a = a.expand(batch) if a.dim() == 0 else a
+        if a.shape != (batch,):
+            raise ValueError(f"need one action per clip ({batch}), got shape {tuple(a.shape)}.")
+        self.operators._check_actions(a)
+        return a
+
+    # ------------------------------------------------------------------ building blocks
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """Per-frame features ``h``: ``(b, t, c, H, W) -> (b, t, f)``."""
+        self.check_frames(frames)
+        b = frames.shape[0]
+        x = rearrange(frames, "b t c h w -> (b t) c h w").contiguous(memory_format=self.memory_format)
+        return rearrange(self.encoder(x), "(b t) f -> b t f", b=b)
+
+    def posterior(self, frames: Tensor, action: Tensor, content_frames: Tensor | None = None) -> Posterior:
+        """``q(z | x_{1:T})``, ``q(q_t | x_t, u)``, ``q(p_t | x_{t-w+1:t}, u)`` for every frame.
+
+        ``content_frames`` (default: ``frames``) is the clip the content posterior reads.
+        """
+        h = self.encode_frames(frames)
+        hz = h if content_frames is None else self.encode_frames(content_frames)
+        return Posterior(self.content(hz), self.position(h, action), self.momentum(h, action))
+
+    def rollout(self, start: Tensor, action: Tensor, offsets: Tensor) -> Tensor:
+        """``s(t_ref + τ) = exp(τ H_k) s(t_ref)``: ``start (b, 2d)``, offsets ``(b, L)`` or ``(L,)`` -> ``(b, L, 2d)``."""
+        return self.operators.rollout(start, action, offsets)
+
+    def decode(self, z: Tensor, positions: Tensor, action: Tensor) -> Tensor:
+        """Frames from content ``z (b, |Z|)`` and active-subspace positions ``q (b, L, d)``: ``(b, L, c, H, W)``.
+
+        The decoder input is ``[z, q_t^1, …, q_t^K]`` with every block but the clip's action zero.
+        """
+        b, length = positions.shape[:2]
+        q_all = embed_subspace(positions, action, self.num_actions)  # (b, L, K·d)
+        codes = torch.cat([repeat(z, "b z -> b l z", l=length), q_all], -1)
+        x = self.decoder(rearrange(codes, "b l f -> (b l) f"))
+        return rearrange(x.contiguous(), "(b l) c h w -> b l c h w", b=b)
+
+    def decode_states(self, z: Tensor, states: Tensor, action: Tensor) -> Tensor:
+        """Decode phase-space states ``(b, L, 2d)`` (only the positions ``q`` are rendered)."""
+        return self.decode(z, states[..., : self.dim], action)
+
+    # ------------------------------------------------------------------ training pass
+    def forward(self, frames: Tensor, action: Tensor, reference: Tensor, sample: bool = True) -> dict[str, object]:
+        """One pass of eq. 11–14: posterior, reference-frame state, forward/backward unroll, decode.
+
+        Args:
+            frames: ``(b, T, c, H, W)`` clips in [0, 1].
+            action: ``(b,)`` action of each clip.
+            reference: ``(b,)`` reference frame ``t`` of each clip (eq. 11: ``t ~ U{1..T}``).
+            sample: reparameterised samples (training) or posterior means.
+        Returns a dict with ``recon (b, T, c, H, W)``, ``posterior``, ``states (b, T, 2d)``,
+        ``z (b, |Z|)`` and the reference-frame Gaussians ``q_ref``, ``p_ref`` (``(b, d)``).
+        """
+        post = self.posterior(frames, action)
+        b, T = frames.shape[:2]
+        rows = torch.arange(b, device=frames.device)
+        q_ref, p_ref = post.q.index(rows, reference), post.p.index(rows, reference)
+        z = post.z.rsample() if sample else post.z.mu
+        s_ref = torch.cat([q_ref.rsample(), p_ref.rsample()], -1) if sample else torch.cat([q_ref.mu, p_ref.mu], -1)
+        offsets = torch.arange(T, device=frames.device)[None] - reference[:, None]  # (b, T)
+        states = self.rollout(s_ref, action, offsets)
+        recon = self.decode_states(z, states, action)
+        return {"recon": recon, "posterior": post, "states": states, "z": z, "q_ref": q_ref, "p_ref": p_ref}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def reconstruct(self, clip: Tensor, action: Tensor, reference: int | None = None) -> Tensor:
+        """Posterior-mean reconstruction: ``z`` from the clip, state at ``reference`` (default
+        ``min(w-1, T-1)``, the first frame with a full momentum window), unrolled over the clip."""
+        self.check_frames(clip, "clip")
+        b, T = clip.shape[:2]
+        action = self.as_actions(action, b, clip.device)
+        ref = self._reference(reference, T, b, clip.device)
+        return self(clip, action, ref, sample=False)["recon"]
+
+    @torch.no_grad()
+    def generate(self, frames0: Tensor, action: Tensor, length: int, content: Tensor | None = None) -> Tensor:
+        """Image -> sequence (§4.1, Fig. 4/7): ``length`` frames of action ``k`` from one frame.
+
+        ``q_1, p_1`` are the posterior means from ``frames0 (b, c, H, W)`` alone (the momentum's
+        causal window is zero-padded before it); ``z`` is the content posterior mean of
+        ``content (b, T, c, H, W)`` when given, else of ``frames0`` read as a one-frame clip.
+        Returns ``(b, length, c, H, W)``; frame 0 is the model's rendering of ``frames0``.
+        """
+        if frames0.dim() != 4:
+            raise ValueError(f"frames0 must be images (b, c, H, W), got shape {tuple(frames0.shape)}.")
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}.")
+        action = self.as_actions(action, frames0.shape[0], frames0.device)
+        clip0 = frames0[:, None]
+        post = self.posterior(clip0, action, content)
+        zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
+        states = self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device))
+        return self.decode_states(post.z.mu, states, action)
+
+    @torch.no_grad()
+    def swap_motion(
+        self, clip_a: Tensor, clip_b: Tensor, action_a: Tensor, action_b: Tensor, reference: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Motion swap (§4.1, Fig. 3): ``(z_a, q^b_{1:T})`` and ``(z_b, q^a_{1:T})``.
+
+        Each clip's motion is its posterior-mean state at ``reference`` unrolled over its length.
+        Returns ``(ab, ba)``: ``ab`` has the content of ``a`` and the motion of ``b``.
+        """
+        self.check_frames(clip_a, "clip_a")
+        self.check_frames(clip_b, "clip_b")
+        if clip_a.shape[0] != clip_b.shape[0]:
+            raise ValueError(f"clip_a and clip_b need the same batch size, got {clip_a.shape[0]} and {clip_b.shape[0]}.")
+        action_a = self.as_actions(action_a, clip_a.shape[0], clip_a.device)
+        action_b = self.as_actions(action_b, clip_b.shape[0], clip_b.device)
+        pa, pb = self.posterior(clip_a, action_a), self.posterior(clip_b, action_b)
+        sa = self._unroll(pa, action_a, clip_a.shape[1], reference)
+        sb = self._unroll(pb, action_b, clip_b.shape[1], reference)
+        return self.decode_states(pa.z.mu, sb, action_b), self.decode_states(pb.z.mu, sa, action_a)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num: int,
+        action: Tensor,
+        length: int,
+        content_from: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Unconditional generation (eq. 2–6): ``s_1 ~ N(0, I_2d)`` unrolled ``length`` steps by ``H_k``;
+        ``z ~ N(0, I)``, or the content posterior mean of the clips ``content_from (num, T, c, H, W)``
+        (the Table 2 protocol). Returns ``(num, length, c, H, W)``."""
+        device = self.operators.J.device
+        dtype = self.operators.J.dtype
+        action = self.as_actions(action, num, device)
+        if content_from is not None:
+            if content_from.shape[0] != num:
+                raise ValueError(f"content_from has {content_from.shape[0]} clips but num={num}.")
+            z = self.content(self.encode_frames(content_from)).mu
+        else:
+            z = torch.randn(num, self.content_dim, generator=generator, device=device, dtype=dtype)
+        s1 = torch.randn(num, 2 * self.dim, generator=generator, device=device, dtype=dtype)
+        states = self.rollout(s1, action, torch.arange(length, device=device))
+        return self.decode_states(z, states, action)
+
+    def energy(self, states: Tensor, action: Tensor) -> Tensor:
+        """``½ sᵀ M_k s`` (eq. 7) of states ``(b, ..., 2d)``: ``(b, ...)``; conserved along rollouts."""
+        return self.operators.energy(states, self.as_actions(action, states.shape[0], states.device))
+
+    @torch.no_grad()
+    def state_trajectory(self, frames0: Tensor, action: Tensor, length: int) -> Tensor:
+        """Posterior-mean state of ``frames0 (b, c, H, W)`` unrolled ``length`` steps: ``(b, length, 2d)``."""
+        action = self.as_actions(action, frames0.shape[0], frames0.device)
+        post = self.posterior(frames0[:, None], action)
+        zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
+        return self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device))
+
+    # ------------------------------------------------------------------ helpers
+    def _reference(self, reference: int | None, T: int, b: int, device: torch.device) -> Tensor:
+        w = self.momentum.window
+        ref = min(w - 1, T - 1) if reference is None else reference
+        if not -T <= ref < T:
+            raise ValueError(f"reference frame {ref} is outside a clip of {T} frames.")
+        return torch.full((b,), ref % T, dtype=torch.long, device=device)
+
+    def _unroll(self, post: Posterior, action: Tensor, T: int, reference: int | None) -> Tensor:
+        b = action.shape[0]
+        ref = self._reference(reference, T, b, action.device)
+        offsets = torch.arange(T, device=action.device)[None] - ref[:, None]
+        return self.rollout(post.state(ref), action, offsets)

@@ -1,0 +1,390 @@
+"""Equivariant scene synthesis (paper 000): encoders ``fc`` / ``fb``, renderer ``g`` and ``T_Z``.
+
+The composed model renders (§3)::
+
+    h(x_c, x_t1, x_t2, x_b) = g(T_Z(fc(x_t1), fc(x_t2)) ∘ fc(x_c) + fb(x_b))
+
+and is trained on two frames ``(x1, x2)`` of one clip with eq. 4::
+
+    L_scene = ||h(x1, x1, x2, x1) - x2||²
+    L_equiv = ||T_Z(fc(x1), fc(x2)) ∘ fc(x1) - fc(x2)||²
+    L_inv   = ||fb(x1) - fb(x2)||²
+
+Choices where the paper is open (its architecture figures 22-24 are not in the text):
+
+* ``ResidualEncoder`` (``fc`` and ``fb``: same architecture, separate weights, §4.1): a 3x3 conv
+  stem at full resolution, then one stage per further entry of ``channels``, each a stride-2
+  residual block followed by ``blocks_per_stage - 1`` stride-1 residual blocks; a final 1x1
+  conv (no activation) gives a signed feature map of ``feature_channels`` channels at
+  ``image_size / 2**(len(channels) - 1)``.
+* ``Renderer`` (``g``): the transposition of the encoder without residual connections: 1x1
+  conv, then per stage a stride-2 4x4 ``ConvTranspose2d`` (+ ``blocks_per_stage - 1`` 3x3
+  convs), a 3x3 conv to RGB and a sigmoid (images are in [0, 1]).
+* ``TransformNet`` (``T_Z``, §4.1): a small CNN over ``cat([fc(x_t1), fc(x_t2), coords])``
+  along channels (so it depends on the input order), average-pooled to a 4x4 grid (the
+  position of the character matters, so the grid is flattened rather than globally pooled),
+  then two linear layers to the 6 numbers of a 2x3 affine matrix. The last layer has zero
+  weights and the identity as bias, so ``T_Z`` is exactly the identity at initialisation.
+  Two normalised coordinate channels (CoordConv) help it locate the character.
+* Transformations use ``F.affine_grid(theta, size, align_corners=False)`` and
+  ``F.grid_sample(..., align_corners=False, padding_mode='zeros')``: normalised coordinates
+  are resolution independent, so a ground-truth image-space ``T_X`` in the same convention
+  can be applied to the feature map directly (the ``T_Z := T_X`` ablation, Fig. 18).
+  ``grid_sample(layer_i, affine_grid(T))`` ≈ ``layer_j`` is the convention of
+  ``datamodules.base.relative_affine``.
+* Losses are means over elements (``F.mse_loss``), not sums: the weights ``α`` then do not
+  depend on the image or feature-map size.
+* ``norm`` picks ``'batch'`` (default), ``'group'`` or ``'none'`` normalisation in the
+  encoders / renderer / ``T_Z``; ``'none'`` is the fastest on a CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"Unknown norm {kind!r}; expected 'batch', 'group' or 'none'.")
+
+
+class ResidualBlock(nn.Module):
+    """``relu(norm(conv(relu(norm(conv(x))))) + shortcut(x))``; stride 2 halves the size."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: str = "batch") -> None:
+        super().__init__()
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=bias)
+        self.norm1 = _norm(norm, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=bias)
+        self.norm2 = _norm(norm, out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=bias), _norm(norm, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        y = self.norm2(self.conv2(y))
+        return F.relu(y + self.shortcut(x), inplace=True)
+
+
+def _check_widths(channels: Sequence[int], blocks_per_stage: int, feature_channels: int) -> None:
+    if len(channels) < 1 or any(int(c) < 1 for c in channels):
+        raise ValueError(f"channels must be a non-empty list of positive widths, got {list(channels)}.")
+    if blocks_per_stage < 1:
+        raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}.")
+    if feature_channels < 1:
+        raise ValueError(f"feature_channels must be >= 1, got {feature_channels}.")
+
+
+class ResidualEncoder(nn.Module):
+    """``f``: ``b 3 H W -> b F H/s W/s`` with ``s = 2**(len(channels) - 1)`` (§4.1, Fig. 22)."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), feature_channels: int = 64, blocks_per_stage: int = 1,
+                 norm: str = "batch", in_channels: int = 3) -> None:
+        super().__init__()
+        _check_widths(channels, blocks_per_stage, feature_channels)
+        channels = [int(c) for c in channels]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=norm == "none"), _norm(norm, channels[0]), nn.ReLU(inplace=True))
+        stages: list[nn.Module] = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            stages.append(ResidualBlock(c_in, c_out, 2, norm))
+            stages.extend(ResidualBlock(c_out, c_out, 1, norm) for _ in range(blocks_per_stage - 1))
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Conv2d(channels[-1], feature_channels, 1)
+        self.downsample = 2 ** (len(channels) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+class Renderer(nn.Module):
+    """``g``: ``b F H/s W/s -> b 3 H W`` in [0, 1]; the encoder transposed, no residuals (§4.1, Fig. 23)."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), feature_channels: int = 64, blocks_per_stage: int = 1,
+                 norm: str = "batch", out_channels: int = 3) -> None:
+        super().__init__()
+        _check_widths(channels, blocks_per_stage, feature_channels)
+        channels = [int(c) for c in channels]
+        bias = norm == "none"
+        layers: list[nn.Module] = [nn.Conv2d(feature_channels, channels[-1], 1, bias=bias), _norm(norm, channels[-1]), nn.ReLU(inplace=True)]
+        for c_in, c_out in zip(channels[::-1][:-1], channels[::-1][1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias), _norm(norm, c_out), nn.ReLU(inplace=True)]
+            for _ in range(blocks_per_stage - 1):
+                layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias), _norm(norm, c_out), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels[0], out_channels, 3, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z))
+
+
+class TransformNet(nn.Module):
+    """``T_Z(z_t1, z_t2) -> (b, 2, 3)``: order-dependent, exact identity at initialisation (§4.1, Fig. 24)."""
+
+    def __init__(self, feature_channels: int = 64, channels: Sequence[int] = (64, 64), hidden: int = 128, norm: str = "batch",
+                 pool_size: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_prev = 2 * feature_channels + 2  # both feature maps + 2 coordinate channels
+        for c in channels:
+            layers += [nn.Conv2d(c_prev, int(c), 3, 2, 1, bias=norm == "none"), _norm(norm, int(c)), nn.ReLU(inplace=True)]
+            c_prev = int(c)
+        self.convs = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.fc = nn.Sequential(nn.Linear(c_prev * pool_size * pool_size, hidden), nn.ReLU(inplace=True))
+        self.out = nn.Linear(hidden, 6)
+        self.reset_identity()
+
+    def reset_identity(self) -> None:
+        """Zero weights and identity bias: ``T_Z`` outputs ``[[1, 0, 0], [0, 1, 0]]`` for any input."""
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.tensor(IDENTITY_AFFINE))
+
+    def forward(self, z_t1: torch.Tensor, z_t2: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z_t1.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=z_t1.device, dtype=z_t1.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=z_t1.device, dtype=z_t1.dtype)
+        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(b, 2, h, w)
+        y = self.pool(self.convs(torch.cat([z_t1, z_t2, coords], dim=1)))
+        theta = self.out(self.fc(rearrange(y, "b c h w -> b (c h w)")))
+        return rearrange(theta, "b (r k) -> b r k", r=2, k=3)
+
+
+def apply_affine(z: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``T ∘ z``: ``grid_sample(z, affine_grid(theta))`` (``align_corners=False``, zeros outside)."""
+    if theta.shape != (z.shape[0], 2, 3):
+        raise ValueError(f"theta must have shape ({z.shape[0]}, 2, 3) for {z.shape[0]} feature maps, got {tuple(theta.shape)}.")
+    grid = F.affine_grid(theta.to(z.dtype), list(z.shape), align_corners=False)
+    return F.grid_sample(z, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def identity_affine(batch: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(batch, 2, 3)`` identity matrices."""
+    return torch.tensor(IDENTITY_AFFINE, device=device, dtype=dtype).view(1, 2, 3).expand(batch, 2, 3).contiguous()
+
+
+@dataclass
+class SceneOutput:
+    """Everything one training pair produces (eq. 4): reconstruction, features, ``T_Z`` and losses."""
+
+    reconstruction: torch.Tensor  # b 3 h w, h(x1, x1, x2, x1)
+    theta: torch.Tensor  # b 2 3, T_Z(fc(x1), fc(x2)) (or T_X in the ablation)
+    scene: torch.Tensor  # L_scene
+    equiv: torch.Tensor  # L_equiv
+    inv: torch.Tensor  # L_inv
+
+
+def _manipulation(fn: Callable) -> Callable:
+    """Run a user-facing manipulation in eval mode under ``torch.inference_mode`` (mode restored)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "EquivariantScene", *args, **kwargs):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return fn(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
+
+
+class EquivariantScene(nn.Module):
+    """``fc``, ``fb``, ``g`` and ``T_Z`` composed into ``h`` (§3) with the manipulations of §3 / Fig. 10, 16-17.
+
+    Args:
+        image_size: side of the (square) input frames; must be a multiple of the encoder's
+            downsampling factor ``2**(len(channels) - 1)``.
+        channels: encoder widths, full resolution first (the renderer mirrors them).
+        feature_channels: channels of the scene representation ``z``.
+        blocks_per_stage: residual blocks per encoder stage (and convs per renderer stage).
+        tz_channels / tz_hidden: widths of ``T_Z``'s conv layers and hidden linear layer.
+        norm: ``'batch'``, ``'group'`` or ``'none'``.
+
+    Manipulations (batched ``b 3 h w`` tensors in [0, 1]; run in eval mode under
+    ``torch.inference_mode``; frames of one call may come from different videos):
+    ``reconstruct``, ``swap_background``, ``transfer_animation``,
+    ``swap_background_and_animation``, ``remove_background``, ``render_background``,
+    ``render_character``. ``h`` itself is differentiable (used for training).
+    """
+
+    def __init__(self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128), feature_channels: int = 64,
+                 blocks_per_stage: int = 1, tz_channels: Sequence[int] = (64, 64), tz_hidden: int = 128, norm: str = "batch") -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        self.fc = ResidualEncoder(channels, feature_channels, blocks_per_stage, norm)
+        self.fb = ResidualEncoder(channels, feature_channels, blocks_per_stage, norm)
+        self.g = Renderer(channels, feature_channels, blocks_per_stage, norm)
+        self.tz = TransformNet(feature_channels, tz_channels, tz_hidden, norm)
+        self.downsample = self.fc.downsample
+        if self.image_size < self.downsample or self.image_size % self.downsample:
+            raise ValueError(
+                f"image_size={image_size} is not a multiple of the encoder's downsampling factor {self.downsample} "
+                f"(2**(len(channels)-1) with channels={list(channels)}); change model image_size or the number of channels entries."
+            )
+
+    # ----------------------------------------------------------------- building blocks
+    def check_images(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Clear error for a wrong shape / image size (the model is built for one size)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} must be a batch of RGB frames 'b 3 h w', got shape {tuple(x.shape)}.")
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{name} has {x.shape[-2]}x{x.shape[-1]} frames, but the model was built for image_size={self.image_size}. "
+                f"Set the model's image_size (model.init_args.image_size) to the data's size "
+                f"(a multiple of {self.downsample}), or resize the frames."
+            )
+        return x
+
+    def encode_character(self, x: torch.Tensor) -> torch.Tensor:
+        """``fc(x)``: ``b 3 h w -> b F h' w'``."""
+        return self.fc(self.check_images(x, "character frame"))
+
+    def encode_background(self, x: torch.Tensor) -> torch.Tensor:
+        """``fb(x)``: ``b 3 h w -> b F h' w'``."""
+        return self.fb(self.check_images(x, "background frame"))
+
+    def transform(self, z_t1: torch.Tensor, z_t2: torch.Tensor) -> torch.Tensor:
+        """``T_Z(fc(x_t1), fc(x_t2))``: ``(b, 2, 3)`` affine in ``affine_grid`` convention."""
+        return self.tz(z_t1, z_t2)
+
+    def compose(self, z_c: torch.Tensor, theta: torch.Tensor | None, z_b: torch.Tensor | None) -> torch.Tensor:
+        """``g(theta ∘ z_c + z_b)``; ``theta=None`` means identity, ``z_b=None`` no background term."""
+        z = z_c if theta is None else apply_affine(z_c, theta)
+        return self.g(z if z_b is None else z + z_b)
+
+    def h(self, x_c: torch.Tensor, x_t1: torch.Tensor, x_t2: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+        """``h(x_c, x_t1, x_t2, x_b) = g(T_Z(fc(x_t1), fc(x_t2)) ∘ fc(x_c) + fb(x_b))`` (§3); differentiable."""
+        _same_batch(x_c=x_c, x_t1=x_t1, x_t2=x_t2, x_b=x_b)
+        if x_t1 is x_c:  # common case: share the character encoding
+            z_c = z_t1 = self.encode_character(x_c)
+        else:
+            z_c, z_t1 = self.encode_character(x_c), self.encode_character(x_t1)
+        theta = self.transform(z_t1, self.encode_character(x_t2))
+        return self.compose(z_c, theta, self.encode_background(x_b))
+
+    forward = h
+
+    def losses(self, x1: torch.Tensor, x2: torch.Tensor, theta: torch.Tensor | None = None) -> SceneOutput:
+        """Eq. 4 terms for a training pair; ``theta`` replaces ``T_Z`` (the ``T_Z := T_X`` ablation, Fig. 18)."""
+        _same_batch(x1=x1, x2=x2)
+        b = x1.shape[0]
+        # one pass of each encoder over both frames: 'b c h w, b c h w -> (2 b) c h w'
+        z_c = self.encode_character(torch.cat([x1, x2]))
+        z_b = self.encode_background(torch.cat([x1, x2]))
+        z_c1, z_c2 = z_c[:b], z_c[b:]
+        z_b1, z_b2 = z_b[:b], z_b[b:]
+        if theta is None:
+            theta = self.transform(z_c1, z_c2)
+        elif theta.shape != (b, 2, 3):
+            raise ValueError(f"The given transform must have shape ({b}, 2, 3), got {tuple(theta.shape)}.")
+        moved = apply_affine(z_c1, theta)
+        reconstruction = self.g(moved + z_b1)
+        return SceneOutput(
+            reconstruction=reconstruction,
+            theta=theta,
+            scene=F.mse_loss(reconstruction, x2),
+            equiv=F.mse_loss(moved, z_c2),
+            inv=F.mse_loss(z_b1, z_b2),
+        )
+
+    # ----------------------------------------------------------------- manipulations (§3)
+    @_manipulation
+    def reconstruct(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """``h(x1, x1, x2, x1)``: the prediction of ``x2`` from ``x1`` (the training objective)."""
+        return self.h(x1, x1, x2, x1)
+
+    @_manipulation
+    def swap_background(self, x_char: torch.Tensor, x_t2: torch.Tensor | None, x_bg: torch.Tensor) -> torch.Tensor:
+        """§3 bullet 1, ``h(x_i1, x_i1, x_i2, x_j1)``: the character of ``x_char`` as seen in ``x_t2``
+        (another frame of its video) on the background of ``x_bg``. ``x_t2=None`` keeps the
+        character where it is (identity transform)."""
+        if x_t2 is None:
+            _same_batch(x_char=x_char, x_bg=x_bg)
+            return self.compose(self.encode_character(x_char), None, self.encode_background(x_bg))
+        return self.h(x_char, x_char, x_t2, x_bg)
+
+    @_manipulation
+    def transfer_animation(self, x_c: torch.Tensor, x_t1: torch.Tensor, x_t2: torch.Tensor, x_b: torch.Tensor | None = None) -> torch.Tensor:
+        """§3 bullet 2, ``h(x_j1, x_i1, x_i2, x_j1)``: animate the character of ``x_c`` by the change
+        ``x_t1 -> x_t2`` of another video, on ``x_c``'s own background (or ``x_b`` if given)."""
+        return self.h(x_c, x_t1, x_t2, x_c if x_b is None else x_b)
+
+    @_manipulation
+    def swap_background_and_animation(self, x_c: torch.Tensor, x_t1: torch.Tensor, x_t2: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+        """§3 bullet 3, ``h(x_i1, x_k1, x_k2, x_j1)``: character of ``x_c``, animation ``x_t1 -> x_t2``, background of ``x_b``."""
+        return self.h(x_c, x_t1, x_t2, x_b)
+
+    def canvas(self, like: torch.Tensor, color: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
+        """A plain canvas of ``color`` (RGB in [0, 1]) shaped like ``like``."""
+        if len(color) != 3 or not all(0.0 <= float(c) <= 1.0 for c in color):
+            raise ValueError(f"canvas_color must be 3 RGB values in [0, 1], got {tuple(color)}.")
+        return torch.tensor([float(c) for c in color], device=like.device, dtype=like.dtype).view(1, 3, 1, 1).expand_as(like).contiguous()
+
+    @_manipulation
+    def remove_background(self, x_c: torch.Tensor, x_t1: torch.Tensor | None = None, x_t2: torch.Tensor | None = None,
+                          canvas_color: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
+        """Fig. 16-17 ('Ours-BG'): the character of ``x_c`` (animated by ``x_t1 -> x_t2`` if given)
+        with the background encoder fed a plain canvas (gray by default: black never occurs in
+        training, so it is out of distribution)."""
+        z_b = self.encode_background(self.canvas(x_c, canvas_color))
+        return self._render_character(x_c, x_t1, x_t2, z_b)
+
+    @_manipulation
+    def render_background(self, x_b: torch.Tensor) -> torch.Tensor:
+        """Fig. 10, fifth column: ``g(fb(x_b))``."""
+        return self.g(self.encode_background(x_b))
+
+    @_manipulation
+    def render_character(self, x_c: torch.Tensor, x_t1: torch.Tensor | None = None, x_t2: torch.Tensor | None = None) -> torch.Tensor:
+        """Fig. 10, sixth column: ``g(T_Z(fc(x_t1), fc(x_t2)) ∘ fc(x_c))`` (identity ``T_Z`` when no pair is given)."""
+        return self._render_character(x_c, x_t1, x_t2, None)
+
+    def _render_character(self, x_c: torch.Tensor, x_t1: torch.Tensor | None, x_t2: torch.Tensor | None,
+                          z_b: torch.Tensor | None) -> torch.Tensor:
+        if (x_t1 is None) != (x_t2 is None):
+            raise ValueError("Give both x_t1 and x_t2 (the animation pair) or neither.")
+        z_c = self.encode_character(x_c)
+        theta = None
+        if x_t1 is not None:
+            _same_batch(x_c=x_c, x_t1=x_t1, x_t2=x_t2)
+            theta = self.transform(self.encode_character(x_t1), self.encode_character(x_t2))
+        return self.compose(z_c, theta, z_b)
+
+    @_manipulation
+    def animate(self, x_c: torch.Tensor, x_t1: torch.Tensor, frames: torch.Tensor, x_b: torch.Tensor | None = None) -> torch.Tensor:
+        """Animate ``x_c`` along a whole clip: ``frames`` is ``b t 3 h w``; frame ``k`` of the output is
+        ``h(x_c, x_t1, frames[:, k], x_b)`` (Fig. 4). ``fc(x_c)``, ``fc(x_t1)`` and ``fb(x_b)`` are
+        encoded once. Returns ``b t 3 h w``."""
+        b, t = frames.shape[:2]
+        z_c = self.encode_character(x_c)
+        z_t1 = self.encode_character(x_t1)
+        z_b = self.encode_background(x_c if x_b is None else x_b)
+        z_t2 = self.encode_character(rearrange(frames, "b t c h w -> (b t) c h w"))
+        rep = lambda z: z.repeat_interleave(t, dim=0)  # noqa: E731  'b ... -> (b t) ...'
+        theta = self.transform(rep(z_t1), z_t2)
+        out = self.compose(rep(z_c), theta, rep(z_b))
+        return rearrange(out, "(b t) c h w -> b t c h w", b=b, t=t)
+
+
+def _same_batch(**tensors: torch.Tensor) -> None:
+    sizes = {name: t.shape[0] for name, t in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"All inputs must have the same batch size, got {sizes}.")

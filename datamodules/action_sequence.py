@@ -1,0 +1,77 @@
+"""``ActionSequenceDataModule``: fixed-length action-labelled clips, for the Hamiltonian model (paper 004)."""
+
+from __future__ import annotations
+
+import torch
+
+from datamodules.base import ClipDataset, ClipSource
+from datamodules.clip_datamodule import ClipDataModule, KeyedView
+
+
+class SequenceWindows(KeyedView):
+    """Item ``key`` -> ``num_frames`` consecutive frames of one clip (random window if asked)."""
+
+    def __init__(
+        self, clips: ClipDataset, split: str, seed: int, num_frames: int, random_window: bool, drop_short: bool
+    ) -> None:
+        indices = None
+        if not clips.procedural:
+            short = [i for i in range(len(clips)) if clips.clip_length(i) < num_frames]
+            if short and not drop_short:
+                raise ValueError(
+                    f"{len(short)} clip(s) of the {split} split are shorter than num_frames={num_frames} "
+                    f"(e.g. clip {short[0]} has {clips.clip_length(short[0])} frames). Lower "
+                    f"--data.init_args.num_frames or set --data.init_args.drop_short_clips true."
+                )
+            if short:
+                indices = sorted(set(range(len(clips))) - set(short))
+                if not indices:
+                    raise ValueError(f"Every clip of the {split} split is shorter than num_frames={num_frames}.")
+        super().__init__(clips, split, seed, indices)
+        self.num_frames, self.random_window = num_frames, random_window
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        index, rng = self.locate(key)
+        spare = self.clips.clip_length(index) - self.num_frames
+        start = int(rng.integers(spare + 1)) if self.random_window else 0
+        item = self.clips.get(index, list(range(start, start + self.num_frames)))
+        item.pop("poses", None)
+        return item
+
+
+class ActionSequenceDataModule(ClipDataModule):
+    """Clips of ``num_frames`` frames with their action label (and attributes where known).
+
+    Batches: ``frames`` (b, t, 3, h, w) in [0, 1], ``action``, ``view``, ``label`` (b,),
+    ``attributes`` (b, a), ``masks`` (b, t, 1, h, w) when available.
+
+    Args:
+        num_frames: frames per clip; longer clips are windowed, shorter ones rejected.
+        random_window: random window start in training (val/test always start at frame 0).
+        drop_short_clips: skip clips shorter than ``num_frames`` instead of raising.
+        **kwargs: see ``ClipDataModule`` (source, batch sizes, workers, assets, cache, seed).
+    """
+
+    def __init__(
+        self,
+        source: ClipSource,
+        num_frames: int = 8,
+        random_window: bool = True,
+        batch_size: int = 24,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        assets_root: str | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+        drop_short_clips: bool = False,
+    ) -> None:
+        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory)
+        if num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2, got {num_frames}.")
+        self.num_frames, self.random_window, self.drop_short_clips = num_frames, random_window, drop_short_clips
+
+    def make_view(self, clips: ClipDataset, split: str) -> SequenceWindows:
+        return SequenceWindows(
+            clips, split, self.seed, self.num_frames, self.random_window and split == "train", self.drop_short_clips
+        )

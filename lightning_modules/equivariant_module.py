@@ -1,0 +1,269 @@
+"""``EquivariantSceneModule``: training and evaluation of equivariant scene synthesis (paper 000).
+
+The maths lives in ``backbone.scene.EquivariantScene`` (``self.scene``); this module trains it
+on ``PairFramesDataModule`` batches with eq. 4, ``L_scene + α_equiv L_equiv + α_inv L_inv``,
+and runs the paper's evaluation protocols in the test stage (``lightning_modules.scene_evaluation``):
+
+* Moving MNIST (``datamodules.MovingMNIST``): Fig. 3 (Transformation / Background
+  manipulations vs the Video-frames / No-object baselines, ``fig3_examples`` test examples)
+  and, with one digit per clip, a short §4.6 ``T_Z`` analysis (``tz_pairs`` pairs; the full
+  one is ``python -m lightning_modules.tz_analysis``).
+* Sprites (``datamodules.ReedSprites``, ``datamodules.SpritesOnBackgrounds``): analogy MSE per
+  animation; with backgrounds split into background-only / character-only and on a gray
+  canvas ('Ours-BG').
+
+Results: a printed table, ``<log_dir>/<name>.json`` (``common.write_results``), the
+per-example values for box plots in ``<log_dir>/<name>_per_example.npz`` and grids of the
+manipulations as PNG.
+
+Usage from Python (the manipulations are methods of ``module.scene``)::
+
+    module = EquivariantSceneModule.load_from_checkpoint("last.ckpt")
+    out = module.scene.swap_background(x_char, x_t2, x_bg)   # b 3 h w in [0, 1]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from backbone.scene import EquivariantScene
+from lightning_modules import scene_evaluation as ev
+from lightning_modules.common import CheckpointGuardMixin, format_table, write_results
+
+
+class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
+    """Equivariant scene synthesis (paper 000): ``fc``, ``fb``, ``g``, ``T_Z`` trained on frame pairs.
+
+    Args:
+        image_size: frame side the model is built for (must match the data; a multiple of
+            ``2**(len(channels) - 1)``).
+        channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm: widths of
+            ``backbone.scene.EquivariantScene`` (paper scale and CPU scale come from the same classes).
+        alpha_equiv, alpha_inv: the weights α of eq. 4.
+        lr, betas, weight_decay: Adam.
+        use_ground_truth_transform: the ``T_Z := T_X`` ablation (Fig. 18): apply the batch's
+            ground-truth affine ``T_X`` instead of the learned ``T_Z`` (needs a dataset with poses
+            and one character, i.e. ``MovingMNIST`` with ``num_digits: 1``).
+        channels_last: run convolutions in channels-last memory format (faster on CPUs).
+        fig3_examples / fig3_chunk: Moving MNIST Fig. 3 evaluation size (paper: 10,000) and chunk.
+        tz_pairs / tz_digit: pairs and digit class of the test-stage §4.6 analysis (0 = skip).
+        analogy_clips: sprite analogy clips evaluated (``None`` = every test clip).
+        canvas_color: the plain canvas of background removal ('Ours-BG' uses gray).
+        eval_seed: seed of the evaluation protocols.
+        evaluate: run the protocols in the test stage (the loss/metrics on test pairs always run).
+        cpu_alternative: set by paper-scale (GPU) configs: the CPU config to suggest when this
+            one is started without a GPU (one warning, rank zero).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: Sequence[int] = (32, 64, 128),
+        feature_channels: int = 64,
+        blocks_per_stage: int = 1,
+        tz_channels: Sequence[int] = (64, 64),
+        tz_hidden: int = 128,
+        norm: str = "batch",
+        alpha_equiv: float = 1.0,
+        alpha_inv: float = 1.0,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        use_ground_truth_transform: bool = False,
+        channels_last: bool = False,
+        fig3_examples: int = 10_000,
+        fig3_chunk: int = 500,
+        tz_pairs: int = 4000,
+        tz_digit: int = 5,
+        analogy_clips: int | None = None,
+        canvas_color: Sequence[float] = (0.5, 0.5, 0.5),
+        eval_seed: int = 0,
+        evaluate: bool = True,
+        cpu_alternative: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("alpha_equiv", alpha_equiv), ("alpha_inv", alpha_inv)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (a weight of eq. 4), got {value}.")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}.")
+        if fig3_examples < 1 or fig3_chunk < 1 or tz_pairs < 0:
+            raise ValueError(f"fig3_examples and fig3_chunk must be >= 1 and tz_pairs >= 0, got {fig3_examples}, {fig3_chunk}, {tz_pairs}.")
+        self.save_hyperparameters()
+        self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm)
+        if channels_last:
+            self.scene = self.scene.to(memory_format=torch.channels_last)
+        metrics = MetricCollection({
+            "mse": MeanSquaredError(),
+            "psnr": PeakSignalNoiseRatio(data_range=1.0),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+        })
+        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
+        self._warned_cpu = False
+
+    # ------------------------------------------------------------------ setup checks
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "image_size"):
+            size = int(dm.image_size)
+            if size != self.hparams.image_size:
+                raise ValueError(
+                    f"The data has {size}x{size} frames but the model is built for image_size={self.hparams.image_size}: "
+                    f"set model.init_args.image_size: {size} (a multiple of {self.scene.downsample}) or the data's image_size."
+                )
+        if self.hparams.use_ground_truth_transform and dm is not None and hasattr(dm, "datasets"):
+            for split, dataset in dm.datasets.items():
+                if not getattr(dataset, "has_poses", False):
+                    raise ValueError(
+                        f"use_ground_truth_transform (the T_Z := T_X ablation) needs ground-truth poses, but the {split} split of "
+                        f"{type(dataset).__name__} has none: use datamodules.MovingMNIST (num_digits: 1) or set it to false."
+                    )
+        if self.hparams.cpu_alternative and not self._warned_cpu and not torch.cuda.is_available():
+            self._warned_cpu = True
+            rank_zero_warn(
+                f"This is a paper-scale (GPU) configuration and no GPU is available: training on the CPU will be very slow. "
+                f"For a CPU-scale model use {self.hparams.cpu_alternative}."
+            )
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x_c: torch.Tensor, x_t1: torch.Tensor, x_t2: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+        """``h(x_c, x_t1, x_t2, x_b)`` (§3)."""
+        return self.scene.h(x_c, x_t1, x_t2, x_b)
+
+    def _ground_truth_theta(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "T_X" not in batch:
+            raise ValueError(
+                "use_ground_truth_transform (the T_Z := T_X ablation) needs the batch key 'T_X' (ground-truth poses): "
+                "use datamodules.MovingMNIST with PairFramesDataModule, or set use_ground_truth_transform: false."
+            )
+        t_x = batch["T_X"]
+        if t_x.shape[1] != 1:
+            raise ValueError(
+                f"use_ground_truth_transform needs one character per clip (T_X is {tuple(t_x.shape)}: {t_x.shape[1]} characters); "
+                f"set data.init_args.source.init_args.num_digits: 1."
+            )
+        return t_x[:, 0]
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        for key in ("x1", "x2"):
+            if key not in batch:
+                raise ValueError(f"EquivariantSceneModule needs frame pairs (batch keys 'x1', 'x2'; use datamodules.PairFramesDataModule), got keys {sorted(batch)}.")
+        x1, x2 = batch["x1"], batch["x2"]
+        if self.hparams.channels_last:
+            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        return x1, x2
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Eq. 4 on a batch of pairs; logs ``{stage}/loss``, ``/scene``, ``/equiv``, ``/inv`` (+ metrics in val/test)."""
+        x1, x2 = self._inputs(batch)
+        theta = self._ground_truth_theta(batch) if self.hparams.use_ground_truth_transform else None
+        out = self.scene.losses(x1, x2, theta)
+        loss = out.scene + self.hparams.alpha_equiv * out.equiv + self.hparams.alpha_inv * out.inv
+        on_step = stage == "train"
+        logs = {f"{stage}/loss": loss, f"{stage}/scene": out.scene, f"{stage}/equiv": out.equiv, f"{stage}/inv": out.inv}
+        self.log_dict(logs, on_step=on_step, on_epoch=not on_step, prog_bar=False, batch_size=x1.shape[0], sync_dist=not on_step)
+        self.log(f"{stage}/scene_mse", out.scene, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=x1.shape[0], sync_dist=not on_step)
+        if stage in self.metrics:
+            self.metrics[stage].update(out.reconstruction.detach().float().clamp(0, 1).contiguous(), x2.float().contiguous())
+            self.log_dict(self.metrics[stage], on_step=False, on_epoch=True, batch_size=x1.shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
+
+    # ------------------------------------------------------------------ evaluation protocols
+    def on_test_epoch_end(self) -> None:
+        if not self.hparams.evaluate or not self.trainer.is_global_zero:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "source"):
+            rank_zero_info("EquivariantSceneModule: no clip DataModule, skipping the paper's evaluation protocols.")
+            return
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        results = run_evaluation(self, dm, out_dir, progress=bool(getattr(self.trainer, "progress_bar_callback", None)))
+        for name, value in results.get("scalars", {}).items():
+            self.log(f"test/{name}", value, rank_zero_only=True)
+
+
+def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run the protocols that fit ``datamodule.source`` and write tables, JSON, NPZ and grids into ``out_dir``.
+
+    Moving MNIST -> Fig. 3 (+ a short §4.6 analysis with one digit); sprites -> analogies.
+    Returns ``{"files": [...], "scalars": {...}}`` (scalars are logged as ``test/...``).
+    """
+    hp = module.hparams
+    scene = module.scene
+    device = module.device
+    source = datamodule.source
+    out_dir = Path(out_dir)
+    files, scalars = [], {}
+    kind = type(source).__name__
+    if hasattr(source, "fig3_examples"):
+        result = ev.fig3_protocol(scene, source, count=hp.fig3_examples, chunk=hp.fig3_chunk, seed=hp.eval_seed, device=device,
+                                  use_ground_truth_transform=hp.use_ground_truth_transform,
+                                  assets_root=getattr(datamodule, "assets_root", None), progress=progress)
+        title, rows = ev.fig3_table(result)
+        table = format_table(title, rows, list(next(iter(rows.values()))))
+        summary = {"protocol": "fig3", "source": kind, "use_ground_truth_transform": hp.use_ground_truth_transform, **result["summary"]}
+        files.append(write_results(out_dir, "fig3", summary, table))
+        files.append(ev.write_npz(out_dir / "fig3_per_example.npz", result["per_example"]))
+        files.append(ev.save_image_atomic(ev.fig3_grid(result["examples"]), out_dir / "fig3_examples.png"))
+        for row in ("transformation", "background", "video_frames", "no_object"):
+            scalars[f"fig3_{row}_mse"] = result["summary"][row]["mse"]["mean"]
+        if hp.tz_pairs > 0 and getattr(source, "num_digits", 1) == 1 and not hp.use_ground_truth_transform:
+            from datamodules.moving_mnist import find_digit
+
+            digit = find_digit(hp.tz_digit, "test", assets_root=getattr(datamodule, "assets_root", None))
+            tz = ev.tz_analysis(scene, source, digit, 0, pairs=hp.tz_pairs, seed=hp.eval_seed, device=device,
+                                assets_root=getattr(datamodule, "assets_root", None), progress=progress)
+            res = tz["results"]
+            table = format_table(f"T_Z analysis (§4.6), digit {res['digit_label']}, {res['pairs']} pairs",
+                                 {"r2 T_X -> T_Z": {"value": res["r2_tx_to_tz"], "paper": 0.992 if hp.tz_digit == 5 else 0.993},
+                                  "r2 angle": {"value": res["r2_angle"]}, "r2 translation norm": {"value": res["r2_translation_norm"]}},
+                                 ["value", "paper"])
+            files.append(write_results(out_dir, "tz_analysis", res, table))
+            scalars["tz_r2"] = res["r2_tx_to_tz"]
+        batch = source.fig3_examples(8, seed=hp.eval_seed + 1)
+        x1, x2 = batch["x1_i"].to(device), batch["x1_j"].to(device)
+    else:
+        dataset = datamodule.datasets.get("test") if hasattr(datamodule, "datasets") else None
+        if dataset is None:
+            datamodule.setup("test")
+            dataset = datamodule.datasets["test"]
+        if not hasattr(dataset, "actions") or not dataset.actions:
+            rank_zero_info(f"EquivariantSceneModule: {kind} has no action labels; only the test-pair metrics are reported.")
+            return {"files": files, "scalars": scalars}
+        result = ev.sprite_analogy_protocol(scene, dataset, seed=hp.eval_seed, max_clips=hp.analogy_clips, device=device,
+                                            canvas_color=hp.canvas_color, progress=progress)
+        title, rows = ev.sprite_table(result)
+        table = format_table(title, rows, list(next(iter(rows.values()))))
+        summary = {"protocol": "sprite_analogy", "source": kind, "pairs": result["pairs"], "actions": result["actions"], **result["summary"]}
+        files.append(write_results(out_dir, "sprite_analogy", summary, table))
+        files.append(ev.write_npz(out_dir / "sprite_analogy_per_example.npz", result["per_example"]))
+        ex = result["examples"]
+        files.append(ev.save_image_atomic(ev.labeled_grid([("A (animation)", ex["A"]), ("B (ground truth)", ex["B"]),
+                                                           ("B animated like A", ex["prediction"])]), out_dir / "sprite_analogy.png"))
+        for row, per_action in result["summary"].items():
+            scalars[f"analogy_{row}_mse"] = per_action["all"]["mse"]["mean"]
+        items = [dataset.get(k, [0, dataset.clip_length(k) // 2]) for k in range(0, len(dataset), max(1, len(dataset) // 8))[:8]]
+        x1 = torch.stack([it["frames"][0] for it in items]).to(device)
+        x2 = torch.stack([it["frames"][1] for it in items]).to(device)
+    files.append(ev.save_image_atomic(ev.manipulation_grid(scene, x1, x2, hp.canvas_color), out_dir / "manipulations.png"))
+    rank_zero_info("EquivariantSceneModule: wrote " + ", ".join(str(f) for f in files if f is not None))
+    return {"files": [str(f) for f in files if f is not None], "scalars": scalars}
