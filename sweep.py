@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +51,9 @@ class SweepConfigError(ValueError):
 
 def _engine():
     try:
-        import sweeps
+        with warnings.catch_warnings():  # sweeps 0.3 declares a pydantic-v1 style Config (UserWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            import sweeps
     except ImportError as exc:  # optional extra (it pins numpy < 2)
         raise SystemExit(
             "The offline sweep runner needs W&B's sweep engine: pip install 'scenemotion[sweeps]' (package `sweeps`)."

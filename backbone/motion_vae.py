@@ -157,13 +157,32 @@ class FrameEncoder(nn.Module):
         return self.net(frames)
 
 
+class ClampOutput(nn.Module):
+    """``clamp(x, 0, 1)`` in the forward pass, gradient ``1`` inside [0, 1] and ``leak`` outside.
+
+    Unlike a sigmoid it reaches exact 0 and 1 (black sprite backgrounds) without saturating
+    logits, and the leak keeps pixels stuck outside the range trainable.
+    """
+
+    def __init__(self, leak: float = 0.01) -> None:
+        super().__init__()
+        self.leak = leak
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp(0.0, 1.0) + self.leak * (x - x.detach())
+
+
+OUTPUT_ACTIVATIONS = ("sigmoid", "clamp")
+
+
 class FrameDecoder(nn.Module):
     """Table 4: Linear / BN / LReLU layers -> reshape ``(channels[0], s, s)`` -> transposed convs.
 
     Transposed conv ``i`` maps ``channels[i] -> channels[i+1]`` (the last one -> ``out_channels``)
     with stride ``strides[i]`` (odd k: padding ``k//2``, output padding ``stride - 1``; even k,
     stride 2 only: padding ``k//2 - 1``; either way sizes double exactly);
-    all but the last are followed by BN / LReLU(0.2); the last by a sigmoid.
+    all but the last are followed by BN / LReLU(0.2); the last by ``output_activation``:
+    ``"sigmoid"`` (default, the paper's Tanh moved to [0, 1]) or ``"clamp"`` (``ClampOutput``).
     ``codes (n, in_dim) -> (n, out_channels, H, W)`` in [0, 1].
     """
 
@@ -177,9 +196,12 @@ class FrameDecoder(nn.Module):
         strides: Sequence[int] = (2, 2, 2, 2, 1),
         kernel_size: int = 5,
         batchnorm: bool = True,
+        output_activation: str = "sigmoid",
     ) -> None:
         super().__init__()
         _check_kernel(kernel_size, strides)
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}.")
         if len(channels) != len(strides) or not channels:
             raise ValueError(f"decoder channels {list(channels)} and strides {list(strides)} need the same non-zero length.")
         side = _check_strides(strides, image_size, "decoder")
@@ -193,7 +215,8 @@ class FrameDecoder(nn.Module):
         for i, (c_in, c_out, s) in enumerate(zip(channels, outs, strides)):
             last = i == len(strides) - 1
             layers.append(nn.ConvTranspose2d(c_in, c_out, kernel_size, s, _padding(kernel_size), output_padding=(s - 1) * (kernel_size % 2), bias=last or not batchnorm))
-            layers += [nn.Sigmoid()] if last else [_norm2d(c_out, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            final = nn.Sigmoid() if output_activation == "sigmoid" else ClampOutput()
+            layers += [final] if last else [_norm2d(c_out, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, codes: Tensor) -> Tensor:
@@ -278,6 +301,7 @@ class MotionVAE(nn.Module):
         momentum_window: ``w``, the temporal-conv kernel of the momentum posterior (paper 4).
         operator: ``"H"`` or ``"skew-H"`` (``backbone.hamiltonian``).
         operator_init_std: initial scale of the operators' free parameters.
+        output_activation: decoder output, ``"sigmoid"`` or ``"clamp"`` (``FrameDecoder``).
     """
 
     def __init__(
@@ -300,6 +324,7 @@ class MotionVAE(nn.Module):
         momentum_window: int = 4,
         operator: OperatorKind = "H",
         operator_init_std: float = 0.01,
+        output_activation: str = "sigmoid",
     ) -> None:
         super().__init__()
         if momentum_window < 1:
@@ -312,7 +337,7 @@ class MotionVAE(nn.Module):
         self.position = MotionPosterior(frame_dim, num_actions, position_dim, hidden, 1, batchnorm)
         self.momentum = MotionPosterior(frame_dim, num_actions, position_dim, hidden, momentum_window, batchnorm)
         self.operators = HamiltonianOperators(num_actions, position_dim, operator, operator_init_std)
-        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm)
+        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation)
         self.memory_format = torch.contiguous_format
 
     # ------------------------------------------------------------------ checks

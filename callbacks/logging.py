@@ -236,28 +236,12 @@ class ProgressBar(TQDMProgressBar):
             mode = os.environ.get("SCENEMOTION_PROGRESS") or ("tqdm" if sys.stdout.isatty() else "plain")
         self.plain = mode == "plain"
         self.log_every_n_steps = log_every_n_steps
-        self._t0 = self._last_step = self._t_last = 0.0
+        self._t0, self._step0, self._printed_step = 0.0, 0, -1
 
-    # tqdm bars are still created (Lightning's hooks drive them) but disabled in plain mode
-    def _quiet(self, bar):
-        if self.plain:
-            bar.disable = True
-        return bar
-
-    def init_sanity_tqdm(self):
-        return self._quiet(super().init_sanity_tqdm())
-
-    def init_train_tqdm(self):
-        return self._quiet(super().init_train_tqdm())
-
-    def init_validation_tqdm(self):
-        return self._quiet(super().init_validation_tqdm())
-
-    def init_test_tqdm(self):
-        return self._quiet(super().init_test_tqdm())
-
-    def init_predict_tqdm(self):
-        return self._quiet(super().init_predict_tqdm())
+    @property
+    def is_disabled(self) -> bool:
+        """Plain mode creates Lightning's tqdm bars disabled (they print nothing)."""
+        return self.plain or super().is_disabled
 
     def _line(self, text: str) -> None:
         if self.is_enabled:
@@ -265,35 +249,35 @@ class ProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self._t0 = self._t_last = time.monotonic()
-        self._last_step = trainer.global_step
+        self._t0, self._step0 = time.monotonic(), trainer.global_step
 
-    def _train_line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str = "train") -> None:
-        now, step = time.monotonic(), trainer.global_step
-        rate = (step - self._last_step) / max(now - self._t_last, 1e-9)
-        self._t_last, self._last_step = now, step
+    def _train_line(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One line per step at most: progress, average speed since start, ETA and the bar's metrics."""
+        step = trainer.global_step
+        if step == self._printed_step:
+            return
+        self._printed_step = step
+        elapsed = time.monotonic() - self._t0
+        rate = (step - self._step0) / max(elapsed, 1e-9)
         total = trainer.estimated_stepping_batches
-        progress = f"step {step}"
-        eta = ""
+        progress, eta = f"step {step}", ""
         if math.isfinite(total) and total > 0:
             progress += f"/{int(total)} ({100.0 * step / total:.0f}%)"
             if rate > 0:
                 eta = f"  eta {_format_seconds((total - step) / rate)}"
         metrics = _format_metrics(self.get_metrics(trainer, pl_module))
-        self._line(
-            f"[{tag}] epoch {trainer.current_epoch}  {progress}  {rate:.3g} it/s  "
-            f"elapsed {_format_seconds(now - self._t0)}{eta}  {metrics}".rstrip()
-        )
+        self._line(f"[train] epoch {trainer.current_epoch}  {progress}  {rate:.3g} it/s  "
+                   f"elapsed {_format_seconds(elapsed)}{eta}  {metrics}".rstrip())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.plain and trainer.global_step > self._last_step and trainer.global_step % self.log_every_n_steps == 0:
+        if self.plain and trainer.global_step % self.log_every_n_steps == 0:
             self._train_line(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.plain:
-            self._train_line(trainer, pl_module, "epoch end")
+            self._train_line(trainer, pl_module)
 
     def _eval_line(self, trainer: pl.Trainer, stage: str, prefixes: tuple[str, ...]) -> None:
         metrics = _format_metrics(trainer.callback_metrics, prefixes)

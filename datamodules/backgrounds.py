@@ -3,7 +3,7 @@
 Each background is a 64x64 canvas of one CSS4 colour (the named-colour list of Matplotlib /
 the CSS Color Module Level 4, alphabetical order) with five diamonds
 (``|x - cx| + |y - cy| <= r``), each of a different random CSS4 colour, with independent
-random centres and radius uniform in 7..10 inclusive. Black is never used (neither for the
+random centres and radius uniform in 7..10 inclusive. Colour aliases (aqua/cyan, ...) count once. Black is never used (neither for the
 canvas nor for a diamond), because characters are composited by blackening their pixels.
 Diamonds are drawn in order, later ones on top; centres are uniform over the canvas, so a
 diamond may be partly cut by the border.
@@ -65,7 +65,15 @@ CSS4_COLORS: dict[str, str] = {
     "white": "#FFFFFF", "whitesmoke": "#F5F5F5", "yellow": "#FFFF00",
     "yellowgreen": "#9ACD32",
 }
-USABLE_COLORS: tuple[str, ...] = tuple(name for name in sorted(CSS4_COLORS) if CSS4_COLORS[name] != "#000000")
+# One name per distinct colour (CSS4 has aliases such as aqua/cyan, gray/grey): diamonds and
+# canvas must differ in RGB, not just in name. Black is excluded.
+USABLE_COLORS: tuple[str, ...] = tuple(
+    name
+    for name in sorted(CSS4_COLORS)
+    if CSS4_COLORS[name] != "#000000" and name == min(n for n in CSS4_COLORS if CSS4_COLORS[n] == CSS4_COLORS[name])
+)
+#: Bump when the background recipe changes: derived-dataset caches include it in their key.
+RECIPE_VERSION = 2
 USABLE_RGB: np.ndarray = np.array(
     [[int(CSS4_COLORS[n][i : i + 2], 16) for i in (1, 3, 5)] for n in USABLE_COLORS], dtype=np.uint8
 )

@@ -61,8 +61,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.backgrounds import split_backgrounds
 from datamodules.base import ClipDataset, ClipSource, check_split, relative_affine, to_float_frames
+from datamodules.backgrounds import RECIPE_VERSION as BACKGROUND_RECIPE_VERSION
+from datamodules.backgrounds import split_backgrounds
 from datamodules.cache import cached_arrays
 from datamodules.mnist import DIGIT_SIZE, load_mnist
 
@@ -657,7 +658,7 @@ class MovingMNIST(ClipSource):
     def cache_params(self, split: str) -> dict:
         """Everything the cached ``split`` depends on (the cache key)."""
         return {
-            "version": CACHE_VERSION, "split": split, "num_digits": self.num_digits, "num_frames": self.num_frames,
+            "version": CACHE_VERSION, "backgrounds": BACKGROUND_RECIPE_VERSION, "split": split, "num_digits": self.num_digits, "num_frames": self.num_frames,
             "num_backgrounds": self.num_backgrounds, "clips": self.val_clips if split == "val" else self.test_clips,
             "seed": self.seed, "image_size": self.image_size, "build_batch": BUILD_BATCH,
             "val_slice": [MNIST_VAL_SLICE.start, MNIST_VAL_SLICE.stop], "margin": BORDER_MARGIN,

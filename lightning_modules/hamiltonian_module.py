@@ -133,6 +133,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         momentum_window: int = 4,
         operator: str = "H",
         operator_init_std: float = 0.01,
+        output_activation: str = "sigmoid",
         alpha: float = 1.0,
         lr: float = 2e-4,
         operator_lr: float | None = None,
@@ -153,7 +154,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         self.model = MotionVAE(
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
-            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std,
+            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation,
         )  # fmt: skip
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
