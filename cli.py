@@ -13,7 +13,18 @@ from pytorch_lightning.cli import LightningCLI
 
 
 class SceneMotionCLI(LightningCLI):
-    """LightningCLI with the project's defaults (configs overwrite their saved copy)."""
+    """LightningCLI with the project's defaults (configs overwrite their saved copy).
+
+    The config file and the command line are authoritative: ``--ckpt_path`` restores weights
+    and training state but does not replace the config's model arguments with the ones stored
+    in the checkpoint (Lightning's default), so test-time switches such as
+    ``--model.init_args.judge_checkpoint`` take effect, and a checkpoint of the other model is
+    refused with one clear message (``CheckpointGuardMixin``) instead of silently switching
+    the model class.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        return
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SceneMotionCLI:

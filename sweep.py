@@ -39,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -246,9 +247,7 @@ def run_sweep(path: str | os.PathLike, count: int, method: str | None = None, ou
         raise SweepConfigError(f"{sweep_dir} already exists; choose another --name or --out.")
     (sweep_dir / "trials").mkdir(parents=True)
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    random.seed(seed)
-    import numpy as np
-
+    random.seed(seed)  # the engine's random / bayes proposals draw from both generators
     np.random.seed(seed)
     metric = config.get("metric")
     trials: list[Trial] = []

@@ -157,22 +157,7 @@ class FrameEncoder(nn.Module):
         return self.net(frames)
 
 
-class ClampOutput(nn.Module):
-    """``clamp(x, 0, 1)`` in the forward pass, gradient ``1`` inside [0, 1] and ``leak`` outside.
-
-    Unlike a sigmoid it reaches exact 0 and 1 (black sprite backgrounds) without saturating
-    logits, and the leak keeps pixels stuck outside the range trainable.
-    """
-
-    def __init__(self, leak: float = 0.01) -> None:
-        super().__init__()
-        self.leak = leak
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.clamp(0.0, 1.0) + self.leak * (x - x.detach())
-
-
-OUTPUT_ACTIVATIONS = ("sigmoid", "clamp")
+OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
 
 
 class FrameDecoder(nn.Module):
@@ -182,7 +167,9 @@ class FrameDecoder(nn.Module):
     with stride ``strides[i]`` (odd k: padding ``k//2``, output padding ``stride - 1``; even k,
     stride 2 only: padding ``k//2 - 1``; either way sizes double exactly);
     all but the last are followed by BN / LReLU(0.2); the last by ``output_activation``:
-    ``"sigmoid"`` (default, the paper's Tanh moved to [0, 1]) or ``"clamp"`` (``ClampOutput``).
+    ``"sigmoid"`` (default: the paper's Tanh moved to [0, 1]) or ``"linear"`` (an unbounded
+    Gaussian mean; images are clamped to [0, 1] by the evaluation). ``output_bias`` initialises
+    the last layer's bias (e.g. -4: a sigmoid starting near 0.02 suits mostly-black frames).
     ``codes (n, in_dim) -> (n, out_channels, H, W)`` in [0, 1].
     """
 
@@ -197,6 +184,7 @@ class FrameDecoder(nn.Module):
         kernel_size: int = 5,
         batchnorm: bool = True,
         output_activation: str = "sigmoid",
+        output_bias: float = 0.0,
     ) -> None:
         super().__init__()
         _check_kernel(kernel_size, strides)
@@ -215,9 +203,11 @@ class FrameDecoder(nn.Module):
         for i, (c_in, c_out, s) in enumerate(zip(channels, outs, strides)):
             last = i == len(strides) - 1
             layers.append(nn.ConvTranspose2d(c_in, c_out, kernel_size, s, _padding(kernel_size), output_padding=(s - 1) * (kernel_size % 2), bias=last or not batchnorm))
-            final = nn.Sigmoid() if output_activation == "sigmoid" else ClampOutput()
+            final = nn.Sigmoid() if output_activation == "sigmoid" else nn.Identity()
             layers += [final] if last else [_norm2d(c_out, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
         self.net = nn.Sequential(*layers)
+        last = [m for m in layers if isinstance(m, nn.ConvTranspose2d)][-1]
+        nn.init.constant_(last.bias, output_bias)
 
     def forward(self, codes: Tensor) -> Tensor:
         return self.net(codes)
@@ -301,7 +291,8 @@ class MotionVAE(nn.Module):
         momentum_window: ``w``, the temporal-conv kernel of the momentum posterior (paper 4).
         operator: ``"H"`` or ``"skew-H"`` (``backbone.hamiltonian``).
         operator_init_std: initial scale of the operators' free parameters.
-        output_activation: decoder output, ``"sigmoid"`` or ``"clamp"`` (``FrameDecoder``).
+        output_activation: decoder output, ``"sigmoid"`` or ``"linear"`` (``FrameDecoder``).
+        output_bias: initial bias of the decoder's last layer (``FrameDecoder``).
     """
 
     def __init__(
@@ -325,6 +316,7 @@ class MotionVAE(nn.Module):
         operator: OperatorKind = "H",
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
+        output_bias: float = 0.0,
     ) -> None:
         super().__init__()
         if momentum_window < 1:
@@ -337,7 +329,7 @@ class MotionVAE(nn.Module):
         self.position = MotionPosterior(frame_dim, num_actions, position_dim, hidden, 1, batchnorm)
         self.momentum = MotionPosterior(frame_dim, num_actions, position_dim, hidden, momentum_window, batchnorm)
         self.operators = HamiltonianOperators(num_actions, position_dim, operator, operator_init_std)
-        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation)
+        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation, output_bias)
         self.memory_format = torch.contiguous_format
 
     # ------------------------------------------------------------------ checks
@@ -426,7 +418,7 @@ class MotionVAE(nn.Module):
         b, T = clip.shape[:2]
         action = self.as_actions(action, b, clip.device)
         ref = self._reference(reference, T, b, clip.device)
-        return self(clip, action, ref, sample=False)["recon"]
+        return self(clip, action, ref, sample=False)["recon"].clamp_(0, 1)
 
     @torch.no_grad()
     def generate(self, frames0: Tensor, action: Tensor, length: int, content: Tensor | None = None) -> Tensor:
@@ -446,7 +438,7 @@ class MotionVAE(nn.Module):
         post = self.posterior(clip0, action, content)
         zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
         states = self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device))
-        return self.decode_states(post.z.mu, states, action)
+        return self.decode_states(post.z.mu, states, action).clamp_(0, 1)
 
     @torch.no_grad()
     def swap_motion(
@@ -466,7 +458,7 @@ class MotionVAE(nn.Module):
         pa, pb = self.posterior(clip_a, action_a), self.posterior(clip_b, action_b)
         sa = self._unroll(pa, action_a, clip_a.shape[1], reference)
         sb = self._unroll(pb, action_b, clip_b.shape[1], reference)
-        return self.decode_states(pa.z.mu, sb, action_b), self.decode_states(pb.z.mu, sa, action_a)
+        return self.decode_states(pa.z.mu, sb, action_b).clamp_(0, 1), self.decode_states(pb.z.mu, sa, action_a).clamp_(0, 1)
 
     @torch.no_grad()
     def sample(
@@ -491,7 +483,7 @@ class MotionVAE(nn.Module):
             z = torch.randn(num, self.content_dim, generator=generator, device=device, dtype=dtype)
         s1 = torch.randn(num, 2 * self.dim, generator=generator, device=device, dtype=dtype)
         states = self.rollout(s1, action, torch.arange(length, device=device))
-        return self.decode_states(z, states, action)
+        return self.decode_states(z, states, action).clamp_(0, 1)
 
     def energy(self, states: Tensor, action: Tensor) -> Tensor:
         """``½ sᵀ M_k s`` (eq. 7) of states ``(b, ..., 2d)``: ``(b, ...)``; conserved along rollouts."""

@@ -72,9 +72,12 @@ class ResidualBlock(nn.Module):
         self.norm1 = _norm(norm, out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=bias)
         self.norm2 = _norm(norm, out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=bias), _norm(norm, out_channels))
+        # ResNet-D shortcut: average-pool, then a 1x1 conv. (A strided 1x1 conv is also what
+        # crashes oneDNN's channels-last backward on CPUs for < 16 input channels, torch 2.14.)
+        shortcut: list[nn.Module] = [nn.AvgPool2d(stride)] if stride != 1 else []
+        if in_channels != out_channels:
+            shortcut += [nn.Conv2d(in_channels, out_channels, 1, bias=bias), _norm(norm, out_channels)]
+        self.shortcut: nn.Module = nn.Sequential(*shortcut) if shortcut else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.norm1(self.conv1(x)), inplace=True)

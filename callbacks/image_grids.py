@@ -20,10 +20,10 @@ its sub-modules) has, so the same callback works for either model where it makes
     Hamiltonian (``swap_motion``; paper 004 Fig. 3): ``a``, ``b``, content of ``a`` with the
     motion of ``b``, content of ``b`` with the motion of ``a``.
     Equivariant (``swap_background``; paper 000 Fig. 5 row 1): ``a``, ``b``, the character of
-    ``a`` on the background of ``b`` (frame by frame), the character of ``b`` on ``a``'s background.
+    ``a`` on the background of ``b`` (frame ``k``: ``g(fc(a_k) + fb(b_k))``), and ``b`` on ``a``'s.
 ``AnalogyGrid`` (equivariant; 6 rows per triple ``x1``, ``x2``, ``x3``; paper 000 Fig. 2 / 4 / 5):
     ground truth ``x1`` (character), ``x2`` (background), ``x3`` (animation); then
-    ``x1``'s character on ``x2``'s background (frame ``k``: ``h(x1_k, x1_k, x1_k, x2_k)``);
+    ``x1``'s character on ``x2``'s background (frame ``k``: ``g(fc(x1_k) + fb(x2_k))``, identity transform);
     ``x1_0`` animated by ``x3_0 -> x3_k`` on its own background (``h(x1_0, x3_0, x3_k, x1_0)``);
     both at once (``h(x1_0, x3_0, x3_k, x2_k)``).
 ``GenerationGrid`` (Hamiltonian, ``generate``; paper 004 Fig. 4): for each example frame one row
@@ -228,7 +228,7 @@ class ImageGridCallback(pl.Callback):
             if all(m is not None for m in methods.values()):
                 return variant, methods  # type: ignore[return-value]
         wanted = " or ".join(f"{variant} ({', '.join(names)})" for variant, names in variants.items())
-        raise TypeError(f"{type(self).__name__} needs a model with {wanted}; {type(pl_module).__name__} has none of these.")
+        raise TypeError(f"{type(self).__name__} needs {wanted}; {type(pl_module).__name__} does not have these methods.")
 
 
 def _per_frame(fn: Callable, *clips: torch.Tensor | None) -> torch.Tensor:

@@ -133,6 +133,8 @@ class WandbLogger(_LightningWandbLogger):
             **extra,
             **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)  # wandb warns about the (deprecated) setting even when None
         self._offline_request = offline
         self._probe_timeout = probe_timeout
         self._init_timeout = init_timeout
@@ -234,6 +236,8 @@ class ProgressBar(TQDMProgressBar):
             raise ValueError(f"log_every_n_steps must be >= 1, got {log_every_n_steps}.")
         if mode == "auto":
             mode = os.environ.get("SCENEMOTION_PROGRESS") or ("tqdm" if sys.stdout.isatty() else "plain")
+            if mode not in ("tqdm", "plain"):
+                raise ValueError(f"SCENEMOTION_PROGRESS must be 'tqdm' or 'plain', got {mode!r}.")
         self.plain = mode == "plain"
         self.log_every_n_steps = log_every_n_steps
         self._t0, self._step0, self._printed_step = 0.0, 0, -1

@@ -28,11 +28,14 @@ class EpochKeySampler(Sampler[int]):
     """Yields keys ``epoch * n + i`` over a seeded permutation of ``range(n)`` (new each epoch).
 
     Lightning calls ``set_epoch`` every epoch (also through its DDP sampler wrapper, which then
-    shards these keys across ranks).
+    shards these keys across ranks). After a mid-epoch resume, the first pass over
+    ``resume_epoch`` skips the ``resume_skip`` keys already trained on, so a resumed run sees
+    exactly the samples an uninterrupted run would.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, resume_epoch: int = -1, resume_skip: int = 0) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.resume_epoch, self.resume_skip = resume_epoch, resume_skip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -42,8 +45,10 @@ class EpochKeySampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = key_rng(self.seed, 1, self.epoch).permutation(self.n) if self.shuffle else np.arange(self.n)
-        base = self.epoch * self.n
-        return iter((base + order).tolist())
+        keys = (self.epoch * self.n + order).tolist()
+        if self.epoch == self.resume_epoch and self.resume_skip:
+            keys, self.resume_skip = keys[self.resume_skip :], 0
+        return iter(keys)
 
 
 class KeyedView(Dataset):
@@ -147,7 +152,7 @@ class ClipDataModule(pl.LightningDataModule):
         return DataLoader(
             view,
             batch_size=per_rank,
-            sampler=EpochKeySampler(len(view), self.seed, shuffle=True) if train else None,
+            sampler=EpochKeySampler(len(view), self.seed, True, *self._resume_point()) if train else None,
             shuffle=False,
             drop_last=train,
             num_workers=self.num_workers,
@@ -166,6 +171,21 @@ class ClipDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+    def _resume_point(self) -> tuple[int, int]:
+        """``(epoch, global samples already seen in it)`` when resuming mid-epoch, else ``(-1, 0)``.
+
+        Lightning restores the loop progress before it asks for the train loader; it would
+        otherwise restart the interrupted epoch's data from its first batch. Whole global
+        batches are skipped, so each DDP rank's shard matches the uninterrupted run.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return -1, 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch or progress.current.processed == 0:
+            return -1, 0
+        return trainer.current_epoch, progress.current.processed * self.batch_size
 
     # ------------------------------------------------------------------ dataset facts
     def _any_dataset(self) -> ClipDataset:

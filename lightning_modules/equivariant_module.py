@@ -100,6 +100,8 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm)
         if channels_last:
             self.scene = self.scene.to(memory_format=torch.channels_last)
+        if use_ground_truth_transform:  # T_Z is replaced by T_X: keep its (identity) weights out of training / DDP
+            self.scene.tz.requires_grad_(False)
         metrics = MetricCollection({
             "mse": MeanSquaredError(),
             "psnr": PeakSignalNoiseRatio(data_range=1.0),
@@ -108,7 +110,25 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
         self._warned_cpu = False
 
-    # ------------------------------------------------------------------ setup checks
+    # ------------------------------------------------------------------ checks
+    ARCHITECTURE_KEYS = ("image_size", "channels", "feature_channels", "blocks_per_stage", "tz_channels", "tz_hidden", "norm")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse another model's checkpoint (``CheckpointGuardMixin``) and one of other widths, clearly."""
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("hyper_parameters", {})
+        diffs = []
+        for key in self.ARCHITECTURE_KEYS:
+            if key in saved:
+                a, b = saved[key], self.hparams[key]
+                if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+                    diffs.append(f"{key}: checkpoint {a!r} vs config {b!r}")
+        if diffs:
+            raise ValueError(
+                "This checkpoint was trained with a different EquivariantSceneModule architecture (" + "; ".join(diffs)
+                + "). Use the config the checkpoint was trained with (its run folder has config.yaml) or set these model.init_args."
+            )
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "image_size"):
@@ -185,7 +205,8 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
 
     # ------------------------------------------------------------------ evaluation protocols
     def on_test_epoch_end(self) -> None:

@@ -65,6 +65,7 @@ PUBLISHED_JUDGE = {
 #: Paper 004 Table 2(b): attribute accuracy when the motion is changed (Sprites).
 PUBLISHED_ATTRIBUTES = {"skin": 0.925, "top": 0.948, "pants": 0.968, "hair": 0.992}
 GEN_METRICS = ("ssim", "psnr", "mse")
+EVAL_OPTIONS = ("generation_length", "judge_checkpoint", "eval_seeds", "val_generation")
 JUDGE_METRICS = ("accuracy", "inception_score", "entropy_conditional", "entropy_marginal")
 
 
@@ -102,11 +103,16 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
     Model args are ``MotionVAE``'s (Tables 3–5 defaults: the ~108 M-parameter paper scale).
 
     Args:
+        output_activation: decoder output, ``"sigmoid"`` (default) or ``"linear"``.
+        output_bias: initial bias of the decoder's last layer (paper: unspecified; 0 here).
+            Sprites frames are mostly black: -4 (sigmoid ≈ 0.02) speeds up early training.
         alpha: std of the Gaussian likelihood in the paper's [-1, 1] pixel units (paper: 1).
         lr: Adam learning rate (paper 2e-4).
         operator_lr: learning rate of the Hamiltonian operators (default: ``lr``). The operators
             start near the identity; a larger rate lets short (CPU) runs reach the needed
             rotation speeds sooner.
+        lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 5% over the run's steps,
+            per optimiser step; helps short CPU runs settle).
         channels_last: channels-last memory format for the convolutions (faster on CPU).
         generation_length: frames generated from the first frame at val/test (paper 16).
         judge_checkpoint: a ``SequenceJudgeModule`` checkpoint; enables the Table 2 scores.
@@ -134,9 +140,11 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         operator: str = "H",
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
+        output_bias: float = 0.0,
         alpha: float = 1.0,
         lr: float = 2e-4,
         operator_lr: float | None = None,
+        lr_schedule: str = "constant",
         channels_last: bool = False,
         generation_length: int = 16,
         judge_checkpoint: str | None = None,
@@ -150,11 +158,18 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             raise ValueError(f"generation_length must be >= 1, got {generation_length}.")
         if not eval_seeds:
             raise ValueError("eval_seeds must list at least one seed.")
-        self.save_hyperparameters()
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
+        # Evaluation options are attributes, not hyper-parameters: LightningCLI re-applies a
+        # checkpoint's hyper-parameters over the command line (``--ckpt_path``), so options saved
+        # there could not be changed at test time (e.g. ``--model.init_args.judge_checkpoint``).
+        self.save_hyperparameters(ignore=list(EVAL_OPTIONS))
+        self.judge_checkpoint, self.eval_seeds = judge_checkpoint, list(eval_seeds)
+        self.generation_length, self.val_generation = generation_length, val_generation
         self.model = MotionVAE(
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
-            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation,
+            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation, output_bias,
         )  # fmt: skip
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -284,7 +299,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
     # ------------------------------------------------------------------ generation scores
     def _update_generation(self, batch: dict[str, Tensor], stage: str, both: bool) -> None:
         frames, action = batch["frames"], batch["action"]
-        L = self.hparams.generation_length
+        L = self.generation_length
         target = repeat_clip(frames, L)
         variants = {"gen": self.model.generate(frames[:, 0], action, L)}
         if both:
@@ -302,11 +317,11 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
-        if self.hparams.val_generation:
+        if self.val_generation:
             self._update_generation(batch, "val", both=False)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.hparams.val_generation:
+        if not self.val_generation:
             return
         for m in GEN_METRICS:
             metric = self.gen_metrics[f"val_gen_{m}"]
@@ -316,9 +331,10 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
 
     # ------------------------------------------------------------------ test
     def on_test_start(self) -> None:
+        self._grid_examples = None
         self._judge = []
         self.judge_metrics = None
-        path = self.hparams.judge_checkpoint
+        path = self.judge_checkpoint
         if not path:
             rank_zero_info("No judge_checkpoint given: skipping the judge scores (Table 2). Pass --model.init_args.judge_checkpoint PATH.")
             return
@@ -335,7 +351,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         self._judge = [judge]
         n_attr = len(judge.hparams.attribute_cardinalities)
         metrics = {}
-        for seed in self.hparams.eval_seeds:
+        for seed in self.eval_seeds:
             metrics[f"prior_{seed}"] = ClassifierScores(expect)
             metrics[f"attr_prior_{seed}"] = MultiHeadAccuracy(n_attr)
             metrics[f"attr_swap_{seed}"] = MultiHeadAccuracy(n_attr)
@@ -344,6 +360,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         self.judge_metrics = nn.ModuleDict(metrics).to(self.device)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if batch_idx == 0:
+            self._grid_examples = self._example_grid(batch)
         self._update_generation(batch, "test", both=True)
         if self._judge:
             self._update_judge(batch, batch_idx)
@@ -360,7 +378,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             metrics["attr_real"].update(real["attributes"], attrs)
         z = self.model.content(self.model.encode_frames(frames)).mu  # content of the real clips
         K, d = self.hparams.num_actions, self.hparams.position_dim
-        for seed in self.hparams.eval_seeds:
+        for seed in self.eval_seeds:
             gen = torch.Generator(device=self.device).manual_seed(
                 int(seed) * 1_000_003 + self.global_rank * 100_003 + batch_idx
             )
@@ -368,7 +386,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 ak = torch.full_like(action, k)
                 s1 = torch.randn(b, 2 * d, generator=gen, device=self.device, dtype=z.dtype)
                 states = self.model.rollout(s1, ak, torch.arange(T, device=self.device))
-                clips = self.model.decode_states(z, states, ak)
+                clips = self.model.decode_states(z, states, ak).clamp(0, 1)
                 probs = judge.probabilities(clips)
                 metrics[f"prior_{seed}"].update(probs["label"], self._views * k + view)
                 if attrs is not None:
@@ -379,7 +397,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 metrics[f"attr_swap_{seed}"].update(judge.probabilities(ab)["attributes"], attrs)
 
     def on_test_epoch_end(self) -> None:
-        results: dict[str, object] = {"num_test_clips": None, "generation_length": self.hparams.generation_length}
+        results: dict[str, object] = {"num_test_clips": None, "generation_length": self.generation_length}
         gen: dict[str, dict[str, float]] = {}
         for variant in ("gen", "gen_clip_content", "recon"):
             gen[variant] = {}
@@ -409,9 +427,37 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             judge_rows, attr_rows = self._judge_results(results)
         self._report(results, gen, judge_rows, attr_rows)
 
+    def _example_grid(self, batch: dict[str, Tensor], num: int = 4) -> Tensor:
+        """Rows per example clip: the clip repeated to ``generation_length`` frames, then the
+        generation from its first frame with its own action, then with each other action."""
+        frames, action = batch["frames"], batch["action"]
+        idx = torch.linspace(0, frames.shape[0] - 1, min(num, frames.shape[0]), device=frames.device).round().long()
+        L, K = self.generation_length, self.hparams.num_actions
+        rows = []
+        for i in idx.tolist():
+            own = int(action[i])
+            rows.append(repeat_clip(frames[i : i + 1], L)[0])
+            for k in [own] + [k for k in range(K) if k != own]:
+                rows.append(self.model.generate(frames[i : i + 1, 0], torch.tensor([k], device=frames.device), L)[0])
+        return torch.cat(rows).float().cpu()  # (rows * L, 3, h, w)
+
+    def _save_grid(self, out_dir: str | Path) -> Path | None:
+        grid = getattr(self, "_grid_examples", None)
+        if grid is None or self.global_rank != 0:
+            return None
+        from torchvision.utils import save_image
+
+        path = Path(out_dir) / "test_generations.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".test_generations.tmp.png")
+        save_image(grid, tmp, nrow=self.generation_length, padding=1, pad_value=1.0)
+        tmp.replace(path)
+        self._grid_examples = None
+        return path
+
     def _judge_results(self, results: dict) -> tuple[dict, dict]:
         metrics, judge = self.judge_metrics, self._judge[0]
-        seeds = list(self.hparams.eval_seeds)
+        seeds = list(self.eval_seeds)
         names = list(judge.hparams.attribute_names)
         per_seed = [{k: float(v) for k, v in metrics[f"prior_{s}"].compute().items()} for s in seeds]
         summary = {}
@@ -430,7 +476,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         real = {k: float(v) for k, v in metrics["real"].compute().items()}
         real_attr = metrics["attr_real"].compute().tolist() if metrics["attr_real"].update_count else []
         results["judge"] = {
-            "checkpoint": str(self.hparams.judge_checkpoint),
+            "checkpoint": str(self.judge_checkpoint),
             "eval_seeds": seeds,
             "generated_prior_motion": summary,
             "attribute_accuracy_motion_changed": attr,
@@ -459,18 +505,18 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         n = results.get("num_test_clips")
         tables = [
             format_table(
-                f"{self.hparams.generation_length}-frame generation from the first frame vs the clip repeated "
+                f"{self.generation_length}-frame generation from the first frame vs the clip repeated "
                 f"({n} test clips; mean ± std over clips)",
                 rows,
                 list(GEN_METRICS),
             ),
-            f"energy ½ sᵀMs relative drift over {self.hparams.generation_length} steps: "
+            f"energy ½ sᵀMs relative drift over {self.generation_length} steps: "
             f"{results['energy_relative_drift']['mean']:.2e} (conserved up to round-off)",
         ]
         if judge_rows is not None:
             if sprites:
                 judge_rows.update({k: {m: _pm(v[m], None) if v[m] is not None else "-" for m in JUDGE_METRICS} for k, v in PUBLISHED_JUDGE.items()})
-            seeds = self.hparams.eval_seeds
+            seeds = self.eval_seeds
             tables.append(format_table(f"Judge scores of generated clips (mean ± std over seeds {list(seeds)}; published: Sprites)", judge_rows, list(JUDGE_METRICS)))
         if attr_rows is not None:
             attr_names = list(self._judge[0].hparams.attribute_names)
@@ -478,21 +524,35 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 attr_rows["paper H (Table 2b)"] = {n: _pm(PUBLISHED_ATTRIBUTES[n], None) for n in attr_names if n in PUBLISHED_ATTRIBUTES}
             tables.append(format_table("Attribute accuracy when the motion is changed", attr_rows, attr_names))
         results["config"] = {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+        results["config"].update({k: getattr(self, k) for k in EVAL_OPTIONS})
         out_dir = self.trainer.log_dir or self.trainer.default_root_dir
         write_results(out_dir, "test_results", results, "\n\n".join(tables))
+        grid = self._save_grid(out_dir)
         rank_zero_info(f"Test results written to {Path(out_dir) / 'test_results.json'}")
+        if grid is not None:
+            rank_zero_info(
+                f"Example generations written to {grid}: per test clip, one row with the clip repeated to "
+                f"{self.generation_length} frames, then {self.generation_length} frames generated from its first frame "
+                f"with its own action and then with each other action."
+            )
 
     def _is_sprites(self) -> bool:
         dm = getattr(self.trainer, "datamodule", None)
         return dm is not None and type(getattr(dm, "source", None)).__name__ == "DSVAESprites"
 
     # ------------------------------------------------------------------ optimiser
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
+        """Adam (paper: lr 2e-4), the operators in their own group (``operator_lr``); optional cosine decay."""
         hp = self.hparams
         ops = list(self.model.operators.parameters())
         ids = {id(p) for p in ops}
         rest = [p for p in self.parameters() if id(p) not in ids]
-        return torch.optim.Adam([{"params": rest}, {"params": ops, "lr": hp.operator_lr or hp.lr}], lr=hp.lr)
+        opt = torch.optim.Adam([{"params": rest}, {"params": ops, "lr": hp.operator_lr or hp.lr}], lr=hp.lr)
+        if hp.lr_schedule == "constant" or self._trainer is None:
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def load_judge(path: str, device: torch.device | str = "cpu") -> nn.Module:

@@ -358,6 +358,14 @@ def nearest_rotation_angle(theta: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.atan2(r[..., 1, 0], r[..., 0, 0]))
 
 
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation (NaN when either input is constant)."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def linear_regression_r2(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Least squares ``y ≈ [x, 1] W`` (numpy ``lstsq``) and its r² as sklearn's
     ``LinearRegression().score`` computes it: per output ``1 - SS_res / SS_tot`` (1 for a
@@ -437,9 +445,9 @@ def tz_analysis(
         "r2_tx_to_tz": regression["r2"], "r2_tx_to_tz_variance_weighted": regression["r2_variance_weighted"],
         "r2_tx_to_tz_per_output": regression["r2_per_output"],
         "r2_angle": angle_fit["r2"], "angle_slope": angle_fit["coefficients"][0][0], "angle_intercept": angle_fit["coefficients"][1][0],
-        "pearson_angle": float(np.corrcoef(arrays["angle_x"], arrays["angle_z"])[0, 1]),
+        "pearson_angle": pearson(arrays["angle_x"], arrays["angle_z"]),
         "r2_translation_norm": norm_fit["r2"],
-        "pearson_translation_norm": float(np.corrcoef(arrays["translation_norm_x"], arrays["translation_norm_z"])[0, 1]),
+        "pearson_translation_norm": pearson(arrays["translation_norm_x"], arrays["translation_norm_z"]),
         "angle_x": summarize(arrays["angle_x"]), "angle_z": summarize(arrays["angle_z"]),
         "translation_norm_x": summarize(arrays["translation_norm_x"]), "translation_norm_x_px": summarize(arrays["translation_norm_x_px"]),
         "translation_norm_z": summarize(arrays["translation_norm_z"]),

@@ -1,5 +1,7 @@
 """The two DataModules on real data: shapes, dtypes, ranges, labels, epoch freshness, DDP checks."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +11,11 @@ from datamodules.clip_datamodule import EpochKeySampler
 
 
 class FakeTrainer:
+    """The two trainer facts a DataModule reads: world size and whether fit is resuming."""
+
     def __init__(self, world_size):
         self.world_size = world_size
+        self.fit_loop = SimpleNamespace(restarting=False)
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +137,12 @@ def test_epoch_key_sampler_covers_each_clip_once_per_epoch():
     keys = list(sampler)
     assert sorted(k % 10 for k in keys) == list(range(10))
     assert all(20 <= k < 30 for k in keys)
+
+
+def test_epoch_key_sampler_resumes_mid_epoch_where_it_stopped():
+    full = EpochKeySampler(10, seed=3)
+    full.set_epoch(1)
+    resumed = EpochKeySampler(10, seed=3, resume_epoch=1, resume_skip=4)
+    resumed.set_epoch(1)
+    assert list(resumed) == list(full)[4:]
+    assert list(resumed) == list(full)  # only the first pass after the resume is shortened

@@ -1,0 +1,203 @@
+"""HamiltonianMotionModule: configs, training on real DSVAE Sprites clips, inference, checkpoints."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+import cli
+from datamodules import ActionSequenceDataModule, DSVAESprites
+from lightning_modules.hamiltonian_module import HamiltonianMotionModule, repeat_clip
+from lightning_modules.sequence_metrics import ssim_per_image
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _cli_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cli.py"])  # the CLI reads `args`, not pytest's command line
+TINY = dict(content_dim=16, frame_dim=16, image_size=64, encoder_channels=[8, 8, 8, 8], encoder_strides=[2, 2, 2, 2],
+            encoder_hidden=[32], decoder_hidden=[32], decoder_channels=[8, 8, 8, 8], decoder_strides=[2, 2, 2, 2],
+            kernel_size=3)  # fmt: skip
+TINY_ARGS = [
+    "--model.init_args.content_dim", "16", "--model.init_args.frame_dim", "16",
+    "--model.init_args.encoder_channels", "[8, 8, 8, 8]", "--model.init_args.decoder_channels", "[8, 8, 8, 8]",
+    "--model.init_args.encoder_hidden", "[32]", "--model.init_args.decoder_hidden", "[32]",
+]  # fmt: skip
+
+
+def common_args(tmp_path, cache_dir, batch_size: int) -> list[str]:
+    return [
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--data.init_args.cache_dir", str(cache_dir), "--data.init_args.num_workers", "0",
+        "--data.init_args.batch_size", str(batch_size),
+    ]  # fmt: skip
+
+
+def real_clips(cache_dir, n: int = 6, split: str = "train") -> dict[str, torch.Tensor]:
+    src = DSVAESprites()
+    src.prepare(cache_dir=cache_dir)
+    ds = src.dataset(split, cache_dir=cache_dir)
+    items = [ds.get(9 * i + (4 * i) % 9) for i in range(n)]  # one clip per character, mixed actions and views
+    return {k: torch.stack([it[k] for it in items]) for k in ("frames", "action", "view", "attributes")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config,batch",
+    [
+        ("sprites_hamiltonian_cpu.yaml", 4),
+        ("sprites_hamiltonian_skew_cpu.yaml", 4),
+        # paper scale (108 M parameters): only the batch is lowered, to keep one CPU step ~10 s
+        ("sprites_hamiltonian.yaml", 2),
+        ("sprites_hamiltonian_skew.yaml", 2),
+    ],
+)
+def test_config_fast_dev_run(config, batch, tmp_path, cache_dir):
+    args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "1", *common_args(tmp_path, cache_dir, batch)]
+    if config in ("sprites_hamiltonian.yaml", "sprites_hamiltonian_skew.yaml"):
+        with pytest.warns(UserWarning, match="GPU-scale .* configs/sprites_hamiltonian_cpu.yaml"):
+            run = cli.main(args)
+        assert sum(p.numel() for p in run.model.parameters()) > 100e6  # the paper's architecture
+    else:
+        run = cli.main(args)
+    assert isinstance(run.model, HamiltonianMotionModule)
+    assert run.model.hparams.operator == ("skew-H" if "skew" in config else "H")
+    assert bool(run.trainer.lr_scheduler_configs) == ("_cpu" in config)  # cosine decay in the CPU configs only
+    logged = run.trainer.logged_metrics
+    for key in ("train/loss", "train/kl_z", "train/kl_q", "train/kl_p", "train/nll", "train/mse", "val/loss", "val/ssim"):
+        assert key in logged and torch.isfinite(logged[key]), key
+
+
+@pytest.fixture(scope="module")
+def judge_checkpoint(tmp_path_factory, cache_dir):
+    """A judge trained for a few steps by its CPU config (real clips), saved as a checkpoint."""
+    root = tmp_path_factory.mktemp("judge")
+    cli.main([
+        "fit", "--config", str(CONFIGS / "sprites_judge_cpu.yaml"), *common_args(root, cache_dir, 8),
+        "--trainer.max_steps", "3", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "0.03",
+    ])  # fmt: skip
+    ckpts = sorted(root.rglob("last.ckpt"))
+    assert ckpts, "the judge fit wrote no checkpoint"
+    return ckpts[0]
+
+
+@pytest.mark.slow
+def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_checkpoint):
+    base = ["--config", str(CONFIGS / "sprites_hamiltonian_cpu.yaml"), *common_args(tmp_path, cache_dir, 6), *TINY_ARGS]
+    cli.main(["fit", *base, "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0.03"])
+    ckpt = sorted(tmp_path.rglob("last.ckpt"))[0]
+    assert torch.load(ckpt, weights_only=False)["scenemotion_model"] == "HamiltonianMotionModule"
+    run = cli.main([
+        "test", *base, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "0.003", "--data.init_args.eval_batch_size", "6",
+        "--model.init_args.judge_checkpoint", str(judge_checkpoint), "--model.init_args.eval_seeds", "[0, 1]",
+    ])  # fmt: skip
+    results = json.loads((Path(run.trainer.log_dir) / "test_results.json").read_text())
+    assert (Path(run.trainer.log_dir) / "test_generations.png").is_file()
+    assert results["num_test_clips"] == 6 and results["generation_length"] == 16
+    for variant in ("gen", "gen_clip_content", "recon"):
+        g = results["generation"][variant]
+        assert 0 <= g["mse"] <= 1 and -1 <= g["ssim"] <= 1 and g["psnr"] > 0
+    assert results["energy_relative_drift"]["mean"] < 1e-3
+    judge = results["judge"]
+    assert judge["eval_seeds"] == [0, 1]
+    scores = judge["generated_prior_motion"]
+    assert 0 <= scores["accuracy"]["mean"] <= 1 and len(scores["accuracy"]["per_seed"]) == 2
+    assert 1 <= scores["inception_score"]["mean"] <= 9 + 1e-4
+    assert 0 <= scores["entropy_marginal"]["mean"] <= torch.log(torch.tensor(9.0)).item() + 1e-4
+    assert set(judge["attribute_accuracy_motion_changed"]["swap"]) == {"skin", "pants", "top", "hair"}
+    assert "test/judge_accuracy" in run.trainer.logged_metrics and "test/ssim" in run.trainer.logged_metrics
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, cache_dir, judge_checkpoint):
+    model = HamiltonianMotionModule(**TINY)
+    dm = ActionSequenceDataModule(DSVAESprites(), batch_size=4, num_workers=0, cache_dir=str(cache_dir))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, limit_test_batches=1)
+    with pytest.raises(ValueError, match="saved by SequenceJudgeModule, but the config builds HamiltonianMotionModule"):
+        trainer.test(model, datamodule=dm, ckpt_path=str(judge_checkpoint))
+
+
+def test_missing_judge_checkpoint_is_a_clear_error(tmp_path, cache_dir):
+    model = HamiltonianMotionModule(**TINY, judge_checkpoint=str(tmp_path / "nope.ckpt"))
+    dm = ActionSequenceDataModule(DSVAESprites(), batch_size=4, num_workers=0, cache_dir=str(cache_dir))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, limit_test_batches=1)
+    with pytest.raises(FileNotFoundError, match="nope.ckpt.*does not exist.*sprites_judge_cpu.yaml"):
+        trainer.test(model, datamodule=dm)
+
+
+def test_data_with_other_actions_is_refused(tmp_path, cache_dir):
+    model = HamiltonianMotionModule(**TINY)
+    dm = ActionSequenceDataModule(DSVAESprites(actions=["walk", "slash"]), batch_size=4, num_workers=0, cache_dir=str(cache_dir))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, fast_dev_run=1)
+    with pytest.raises(ValueError, match=r"2 actions \['walk', 'slash'\].*num_actions 2"):
+        trainer.fit(model, datamodule=dm)
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_on_real_clips(cache_dir):
+    """A few dozen Adam steps on six real DSVAE clips (overfitting) lower -ELBO and the MSE."""
+    torch.manual_seed(0)
+    batch = real_clips(cache_dir, 6)
+    module = HamiltonianMotionModule(**TINY, operator_lr=1e-2)
+    opt = module.configure_optimizers()
+    for g in opt.param_groups[:1]:
+        g["lr"] = 3e-3
+    losses, mses = [], []
+    for step in range(40):
+        ref = torch.randint(0, 8, (6,))
+        terms = module.elbo_terms(batch["frames"], batch["action"], ref)
+        loss = (terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        mses.append((terms["recon"] - batch["frames"]).square().mean().item())
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+    assert sum(mses[-5:]) / 5 < 0.5 * mses[0]
+
+
+def test_inference_methods_shapes_and_ranges(cache_dir):
+    torch.manual_seed(0)
+    batch = real_clips(cache_dir, 4, "test")
+    module = HamiltonianMotionModule(**TINY, operator="skew-H")
+    module.train()
+    clips, action = batch["frames"], batch["action"]
+    gen = module.generate(clips[:, 0], action, 16)  # image -> sequence, 16 from 8-frame training
+    assert gen.shape == (4, 16, 3, 64, 64) and 0 <= gen.min() and gen.max() <= 1
+    for k in range(3):  # any action, any length
+        assert module.generate(clips[:2, 0], k, 5).shape == (2, 5, 3, 64, 64)
+    assert module.model.training  # inference restored the training mode
+    ab, ba = module.swap_motion(clips[:2], clips[2:], action[:2], action[2:])
+    assert ab.shape == ba.shape == (2, 8, 3, 64, 64)
+    assert module.sample(3, 1, 12, seed=0).shape == (3, 12, 3, 64, 64)
+    torch.testing.assert_close(module.sample(3, 1, 12, seed=0), module.sample(3, 1, 12, seed=0))
+    assert module.sample(4, action, 8, content_from=clips).shape == (4, 8, 3, 64, 64)
+    assert module.reconstruct(clips, action).shape == (4, 8, 3, 64, 64)
+    energy = module.energy(clips[:, 0], action, 16)
+    assert energy.shape == (4, 16)
+    torch.testing.assert_close(energy, energy[:, :1].expand(4, 16), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match=r"clips \(b, t, 3, 64, 64\)"):
+        module.reconstruct(torch.rand(2, 8, 3, 32, 32), 0)
+    with pytest.raises(ValueError, match=r"action indices must lie in \[0, 2\]"):
+        module.generate(clips[:, 0], 3, 4)
+
+
+def test_first_frame_generation_protocol(cache_dir):
+    """Ground truth of the 16-frame test: the periodic 8-frame clip repeated (paper §4.1)."""
+    clip = torch.arange(8.0).reshape(1, 8, 1, 1, 1).expand(2, 8, 3, 4, 4)
+    rep = repeat_clip(clip, 16)
+    assert rep.shape == (2, 16, 3, 4, 4)
+    torch.testing.assert_close(rep[:, 8:], clip)
+    torch.testing.assert_close(rep[:, :8], clip)
+
+
+def test_fast_ssim_equals_torchmetrics(cache_dir):
+    clips = real_clips(cache_dir, 2)["frames"].flatten(0, 1)  # (16, 3, 64, 64)
+    noisy = (clips + 0.05 * torch.randn_like(clips)).clamp(0, 1)
+    expect = structural_similarity_index_measure(noisy, clips, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ssim_per_image(noisy, clips), expect, atol=1e-5, rtol=1e-5)
