@@ -7,6 +7,8 @@ command line, e.g. ``--trainer.max_steps 100 --data.batch_size 16``.
 
 from __future__ import annotations
 
+import os
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LightningCLI
@@ -25,6 +27,20 @@ class SceneMotionCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         return
+
+    def after_instantiate_classes(self) -> None:
+        """Checkpoints without a ``dirpath`` go to ``<default_root_dir>/checkpoints``.
+
+        Lightning's default puts them under the logger's ``version_N``, which changes with every
+        run, so ``--ckpt_path last`` would find nothing to resume from.
+        """
+        super().after_instantiate_classes()
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SceneMotionCLI:

@@ -115,10 +115,13 @@ class HamiltonianOperators(nn.Module):
         if offsets.dim() == 1:
             offsets = offsets[None].expand(b, -1)
         self._check_actions(action)
-        times, inverse = torch.unique(offsets, return_inverse=True)  # inverse: (b, L)
-        phi = self.propagators(times)  # (n, K, 2d, 2d)
-        phi = phi[inverse, action[:, None].expand_as(inverse)]  # (b, L, 2d, 2d)
-        return torch.einsum("blij,bj->bli", phi, start.to(phi.dtype))
+        # Always fp32 (also under bf16/fp16 autocast): exp(τH) grows like exp(|τ|·|H|) and the
+        # states feed every later frame, so low-precision rounding compounds along the rollout.
+        with torch.autocast(device_type=start.device.type, enabled=False):
+            times, inverse = torch.unique(offsets, return_inverse=True)  # inverse: (b, L)
+            phi = self.propagators(times)  # (n, K, 2d, 2d)
+            phi = phi[inverse, action[:, None].expand_as(inverse)]  # (b, L, 2d, 2d)
+            return torch.einsum("blij,bj->bli", phi, start.float())
 
     def energy(self, states: Tensor, action: Tensor) -> Tensor:
         """``½ sᵀ M_k s`` for ``states (b, ..., 2d)`` of clips of action ``(b,)``: ``(b, ...)``."""

@@ -23,9 +23,10 @@ Choices where the paper is open (its architecture figures 22-24 are not in the t
 * ``TransformNet`` (``T_Z``, §4.1): a small CNN over ``cat([fc(x_t1), fc(x_t2), coords])``
   along channels (so it depends on the input order), average-pooled to a 4x4 grid (the
   position of the character matters, so the grid is flattened rather than globally pooled),
-  then two linear layers to the 6 numbers of a 2x3 affine matrix. The last layer has zero
-  weights and the identity as bias, so ``T_Z`` is exactly the identity at initialisation.
-  Two normalised coordinate channels (CoordConv) help it locate the character.
+  plus spatial soft-argmax keypoints of each map and their differences, then two linear
+  layers to the 6 numbers of a 2x3 affine matrix. The last layer has zero weights and the
+  identity as bias, so ``T_Z`` is exactly the identity at initialisation. Two normalised
+  coordinate channels (CoordConv) help it locate the character.
 * Transformations use ``F.affine_grid(theta, size, align_corners=False)`` and
   ``F.grid_sample(..., align_corners=False, padding_mode='zeros')``: normalised coordinates
   are resolution independent, so a ground-truth image-space ``T_X`` in the same convention
@@ -34,6 +35,12 @@ Choices where the paper is open (its architecture figures 22-24 are not in the t
   ``datamodules.base.relative_affine``.
 * Losses are means over elements (``F.mse_loss``), not sums: the weights ``α`` then do not
   depend on the image or feature-map size.
+* ``zero_init_character`` (default): ``fc``'s last 1x1 conv starts at zero, so the scene
+  starts as "background only" and the static background is learned by ``fb``. With ``T_Z``
+  at its identity initialisation ``fc`` and ``fb`` are interchangeable for static content;
+  if ``fc`` carries the background, moving it costs more than moving the character gains
+  and ``T_Z`` stays pinned at the identity (observed on Moving MNIST). Starting ``fc`` at
+  zero breaks that symmetry without changing the model or the loss.
 * ``norm`` picks ``'batch'`` (default), ``'group'`` or ``'none'`` normalisation in the
   encoders / renderer / ``T_Z``; ``'none'`` is the fastest on a CPU.
 """
@@ -137,10 +144,19 @@ class Renderer(nn.Module):
 
 
 class TransformNet(nn.Module):
-    """``T_Z(z_t1, z_t2) -> (b, 2, 3)``: order-dependent, exact identity at initialisation (§4.1, Fig. 24)."""
+    """``T_Z(z_t1, z_t2) -> (b, 2, 3)``: order-dependent, exact identity at initialisation (§4.1, Fig. 24).
+
+    Two paths feed a two-layer head: (1) a CNN over ``cat([z_t1, z_t2, coords])`` average-pooled
+    to a ``pool_size`` grid and flattened; (2) ``keypoints`` spatial soft-argmax keypoints of
+    each map (a shared 3x3 conv, softmax over positions, expected coordinates) as positions
+    ``k1``, ``k2`` and their difference ``k2 - k1``. Keypoint differences make translations and
+    rotations of a character nearly linear in the input of the head, which lets ``T_Z`` learn
+    the motion from the weak early gradients of ``L_scene``. The last layer has zero weights
+    and the identity as bias.
+    """
 
     def __init__(self, feature_channels: int = 64, channels: Sequence[int] = (64, 64), hidden: int = 128, norm: str = "batch",
-                 pool_size: int = 4) -> None:
+                 pool_size: int = 4, keypoints: int = 16) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_prev = 2 * feature_channels + 2  # both feature maps + 2 coordinate channels
@@ -149,7 +165,9 @@ class TransformNet(nn.Module):
             c_prev = int(c)
         self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
-        self.fc = nn.Sequential(nn.Linear(c_prev * pool_size * pool_size, hidden), nn.ReLU(inplace=True))
+        self.keypoints = nn.Conv2d(feature_channels, keypoints, 3, 1, 1) if keypoints > 0 else None
+        inputs = c_prev * pool_size * pool_size + 6 * max(keypoints, 0)
+        self.fc = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(inplace=True))
         self.out = nn.Linear(hidden, 6)
         self.reset_identity()
 
@@ -159,13 +177,28 @@ class TransformNet(nn.Module):
         with torch.no_grad():
             self.out.bias.copy_(torch.tensor(IDENTITY_AFFINE))
 
+    @staticmethod
+    def _coords(z: torch.Tensor) -> torch.Tensor:
+        """``2 h w`` normalised (y, x) pixel-centre coordinates (``align_corners=False``)."""
+        h, w = z.shape[-2:]
+        ys = (torch.arange(h, device=z.device, dtype=z.dtype) * 2 + 1) / h - 1
+        xs = (torch.arange(w, device=z.device, dtype=z.dtype) * 2 + 1) / w - 1
+        return torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
+
+    def _soft_argmax(self, z: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """``b F h w -> b K 2``: expected (x, y) under a spatial softmax of each keypoint map."""
+        weights = torch.softmax(rearrange(self.keypoints(z), "b k h w -> b k (h w)"), dim=-1)
+        return torch.einsum("bkp,cp->bkc", weights, rearrange(coords.flip(0), "c h w -> c (h w)"))
+
     def forward(self, z_t1: torch.Tensor, z_t2: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = z_t1.shape
-        ys = torch.linspace(-1.0, 1.0, h, device=z_t1.device, dtype=z_t1.dtype)
-        xs = torch.linspace(-1.0, 1.0, w, device=z_t1.device, dtype=z_t1.dtype)
-        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(b, 2, h, w)
-        y = self.pool(self.convs(torch.cat([z_t1, z_t2, coords], dim=1)))
-        theta = self.out(self.fc(rearrange(y, "b c h w -> b (c h w)")))
+        b = z_t1.shape[0]
+        coords = self._coords(z_t1)
+        y = self.pool(self.convs(torch.cat([z_t1, z_t2, coords.expand(b, -1, -1, -1)], dim=1)))
+        parts = [rearrange(y, "b c h w -> b (c h w)")]
+        if self.keypoints is not None:
+            k1, k2 = self._soft_argmax(z_t1, coords), self._soft_argmax(z_t2, coords)
+            parts += [rearrange(k, "b k c -> b (k c)") for k in (k1, k2, k2 - k1)]
+        theta = self.out(self.fc(torch.cat(parts, dim=1)))
         return rearrange(theta, "b (r k) -> b r k", r=2, k=3)
 
 
@@ -219,7 +252,9 @@ class EquivariantScene(nn.Module):
         feature_channels: channels of the scene representation ``z``.
         blocks_per_stage: residual blocks per encoder stage (and convs per renderer stage).
         tz_channels / tz_hidden: widths of ``T_Z``'s conv layers and hidden linear layer.
+        tz_keypoints: soft-argmax keypoints per map in ``T_Z`` (0 = none).
         norm: ``'batch'``, ``'group'`` or ``'none'``.
+        zero_init_character: start ``fc``'s last layer at zero (see the module docstring).
 
     Manipulations (batched ``b 3 h w`` tensors in [0, 1]; run in eval mode under
     ``torch.inference_mode``; frames of one call may come from different videos):
@@ -229,13 +264,17 @@ class EquivariantScene(nn.Module):
     """
 
     def __init__(self, image_size: int = 64, channels: Sequence[int] = (32, 64, 128), feature_channels: int = 64,
-                 blocks_per_stage: int = 1, tz_channels: Sequence[int] = (64, 64), tz_hidden: int = 128, norm: str = "batch") -> None:
+                 blocks_per_stage: int = 1, tz_channels: Sequence[int] = (64, 64), tz_hidden: int = 128, norm: str = "batch",
+                 zero_init_character: bool = True, tz_keypoints: int = 16) -> None:
         super().__init__()
         self.image_size = int(image_size)
         self.fc = ResidualEncoder(channels, feature_channels, blocks_per_stage, norm)
         self.fb = ResidualEncoder(channels, feature_channels, blocks_per_stage, norm)
+        if zero_init_character:
+            nn.init.zeros_(self.fc.head.weight)
+            nn.init.zeros_(self.fc.head.bias)
         self.g = Renderer(channels, feature_channels, blocks_per_stage, norm)
-        self.tz = TransformNet(feature_channels, tz_channels, tz_hidden, norm)
+        self.tz = TransformNet(feature_channels, tz_channels, tz_hidden, norm, keypoints=tz_keypoints)
         self.downsample = self.fc.downsample
         if self.image_size < self.downsample or self.image_size % self.downsample:
             raise ValueError(
@@ -285,8 +324,15 @@ class EquivariantScene(nn.Module):
 
     forward = h
 
-    def losses(self, x1: torch.Tensor, x2: torch.Tensor, theta: torch.Tensor | None = None) -> SceneOutput:
-        """Eq. 4 terms for a training pair; ``theta`` replaces ``T_Z`` (the ``T_Z := T_X`` ablation, Fig. 18)."""
+    def losses(self, x1: torch.Tensor, x2: torch.Tensor, theta: torch.Tensor | None = None, transform_noise: float = 0.0,
+               relative_feature_losses: bool = False) -> SceneOutput:
+        """Eq. 4 terms for a training pair; ``theta`` replaces ``T_Z`` (the ``T_Z := T_X`` ablation, Fig. 18).
+
+        ``transform_noise`` > 0 adds Gaussian noise of that standard deviation to the six
+        entries of the transform used in ``L_scene`` and ``L_equiv`` (a training aid, off by
+        default; see ``EquivariantSceneModule``): static content carried by ``fc`` then costs
+        loss, so the background moves to ``fb``.
+        """
         _same_batch(x1=x1, x2=x2)
         b = x1.shape[0]
         # one pass of each encoder over both frames: 'b c h w, b c h w -> (2 b) c h w'
@@ -298,15 +344,15 @@ class EquivariantScene(nn.Module):
             theta = self.transform(z_c1, z_c2)
         elif theta.shape != (b, 2, 3):
             raise ValueError(f"The given transform must have shape ({b}, 2, 3), got {tuple(theta.shape)}.")
+        if transform_noise > 0:
+            theta = theta + transform_noise * torch.randn_like(theta)
         moved = apply_affine(z_c1, theta)
         reconstruction = self.g(moved + z_b1)
-        return SceneOutput(
-            reconstruction=reconstruction,
-            theta=theta,
-            scene=F.mse_loss(reconstruction, x2),
-            equiv=F.mse_loss(moved, z_c2),
-            inv=F.mse_loss(z_b1, z_b2),
-        )
+        equiv, inv = F.mse_loss(moved, z_c2), F.mse_loss(z_b1, z_b2)
+        if relative_feature_losses:  # scale-invariant: relative to the mean energy of the compared maps
+            equiv = equiv / (0.5 * (moved.pow(2).mean() + z_c2.pow(2).mean()) + 1e-8)
+            inv = inv / (0.5 * (z_b1.pow(2).mean() + z_b2.pow(2).mean()) + 1e-8)
+        return SceneOutput(reconstruction=reconstruction, theta=theta, scene=F.mse_loss(reconstruction, x2), equiv=equiv, inv=inv)
 
     # ----------------------------------------------------------------- manipulations (§3)
     @_manipulation

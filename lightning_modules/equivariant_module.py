@@ -46,6 +46,8 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
             ``2**(len(channels) - 1)``).
         channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm: widths of
             ``backbone.scene.EquivariantScene`` (paper scale and CPU scale come from the same classes).
+        zero_init_character: start ``fc``'s last layer at zero so the background is learned by
+            ``fb`` (``backbone.scene`` docstring).
         alpha_equiv, alpha_inv: the weights α of eq. 4.
         lr, betas, weight_decay: Adam.
         use_ground_truth_transform: the ``T_Z := T_X`` ablation (Fig. 18): apply the batch's
@@ -71,6 +73,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         tz_channels: Sequence[int] = (64, 64),
         tz_hidden: int = 128,
         norm: str = "batch",
+        zero_init_character: bool = True,
         alpha_equiv: float = 1.0,
         alpha_inv: float = 1.0,
         lr: float = 1e-3,
@@ -97,7 +100,8 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         if fig3_examples < 1 or fig3_chunk < 1 or tz_pairs < 0:
             raise ValueError(f"fig3_examples and fig3_chunk must be >= 1 and tz_pairs >= 0, got {fig3_examples}, {fig3_chunk}, {tz_pairs}.")
         self.save_hyperparameters()
-        self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm)
+        self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm,
+                                      zero_init_character)
         if channels_last:
             self.scene = self.scene.to(memory_format=torch.channels_last)
         if use_ground_truth_transform:  # T_Z is replaced by T_X: keep its (identity) weights out of training / DDP

@@ -32,7 +32,7 @@ TINY_ARGS = [
 
 def common_args(tmp_path, cache_dir, batch_size: int) -> list[str]:
     return [
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--data.init_args.cache_dir", str(cache_dir), "--data.init_args.num_workers", "0",
         "--data.init_args.batch_size", str(batch_size),

@@ -109,7 +109,7 @@ def test_judge_network_shapes():
 def test_judge_config_fast_dev_run(config, tmp_path, cache_dir):
     run = cli.main([
         "fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "1",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--data.init_args.cache_dir", str(cache_dir), "--data.init_args.num_workers", "0",
         "--data.init_args.batch_size", "4",
@@ -124,7 +124,7 @@ def test_judge_refuses_data_with_other_classes(tmp_path, cache_dir):
     with pytest.raises(ValueError, match="num_classes 6"):
         cli.main([
             "fit", "--config", str(CONFIGS / "sprites_judge_cpu.yaml"), "--trainer.fast_dev_run", "1",
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path),
             "--data.init_args.cache_dir", str(cache_dir), "--data.init_args.num_workers", "0",
             "--data.init_args.source.init_args.actions", "[walk, slash]",
         ])  # fmt: skip
