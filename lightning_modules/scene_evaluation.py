@@ -33,6 +33,7 @@ import functools
 import io
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -122,9 +123,28 @@ def _in_eval_mode(fn: Callable) -> Callable:
     return wrapper
 
 
+class _PlainProgress:
+    """One line per 10% (logs and pipes); ``tqdm`` is used in a terminal."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done, self.next = total, desc, 0, 0.1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.done >= self.next * self.total or self.done == self.total:
+            print(f"[{self.desc}] {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)", flush=True)
+            while self.next * self.total <= self.done:
+                self.next += 0.1
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
+    if not sys.stderr.isatty():
+        return _PlainProgress(total, desc)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="ex", leave=False)

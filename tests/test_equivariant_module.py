@@ -27,6 +27,9 @@ TINY_ARGS = ["--model.init_args.channels", "[8, 16, 16]", "--model.init_args.fea
              "--model.init_args.tz_channels", "[8]", "--model.init_args.tz_hidden", "16"]
 
 
+MNIST_EVAL_ARGS = ["--model.init_args.fig3_examples", "24", "--model.init_args.fig3_chunk", "10", "--model.init_args.tz_pairs", "40"]
+
+
 def small_mnist(**kw) -> MovingMNIST:
     return MovingMNIST(num_digits=1, train_clips_per_epoch=64, val_clips=16, test_clips=16, **kw)
 
@@ -72,7 +75,7 @@ def test_short_cpu_training_lowers_scene_loss_on_real_pairs(cache_dir):
 @pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_every_config_runs_with_fast_dev_run(config, cache_dir, tmp_path, recwarn):
     args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
     args += data_args(cache_dir, config)
     if not config.endswith("_cpu.yaml"):  # paper (GPU) scale: real widths, a CPU-sized batch
         args += ["--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--data.init_args.pin_memory", "false"]
@@ -87,9 +90,7 @@ def mnist_checkpoint(tmp_path_factory, cache_dir):
     """A 2-step CPU-config run with a tiny model and small evaluation settings (stored as hparams)."""
     root = tmp_path_factory.mktemp("mnist_run")
     config = "mnist_equivariant_cpu.yaml"
-    run_cli(["fit", "--config", str(CONFIGS / config), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
-             "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-             "--model.init_args.fig3_examples", "24", "--model.init_args.fig3_chunk", "10", "--model.init_args.tz_pairs", "40",
+    run_cli(["fit", "--config", str(CONFIGS / config), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(root),
              *TINY_ARGS, *data_args(cache_dir, config)])
     ckpt = next(root.rglob("last.ckpt"))
     return root, ckpt
@@ -99,7 +100,7 @@ def test_checkpoint_loads_for_test_and_writes_fig3_and_tz_results(mnist_checkpoi
     root, ckpt = mnist_checkpoint
     config = "mnist_equivariant_cpu.yaml"
     run_cli(["test", "--config", str(CONFIGS / config), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(root / "test"),
-             "--trainer.enable_progress_bar", "false", *TINY_ARGS, *data_args(cache_dir, config)])
+             *MNIST_EVAL_ARGS, *TINY_ARGS, *data_args(cache_dir, config)])
     out = next((root / "test").rglob("fig3.json")).parent
     fig3 = json.loads((out / "fig3.json").read_text())
     for row in ("transformation", "background", "video_frames", "no_object"):
@@ -131,12 +132,12 @@ def test_tz_analysis_command_writes_json_and_figures(mnist_checkpoint, tmp_path)
 
 @pytest.mark.parametrize("config,background_rows", [("sprites_equivariant_cpu.yaml", True), ("reed_sprites_equivariant_cpu.yaml", False)])
 def test_sprite_configs_test_from_checkpoint_with_analogy_tables(config, background_rows, cache_dir, tmp_path):
-    common = ["--trainer.enable_progress_bar", "false", *TINY_ARGS, *data_args(cache_dir, config)]
-    run_cli(["fit", "--config", str(CONFIGS / config), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
-             "--trainer.default_root_dir", str(tmp_path), "--model.init_args.analogy_clips", "6", *common])
+    common = [*TINY_ARGS, *data_args(cache_dir, config)]
+    run_cli(["fit", "--config", str(CONFIGS / config), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+             "--trainer.default_root_dir", str(tmp_path), *common])
     ckpt = next(tmp_path.rglob("last.ckpt"))
     run_cli(["test", "--config", str(CONFIGS / config), "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1",
-             "--trainer.default_root_dir", str(tmp_path / "test"), *common])
+             "--trainer.default_root_dir", str(tmp_path / "test"), "--model.init_args.analogy_clips", "6", *common])
     result = json.loads(next((tmp_path / "test").rglob("sprite_analogy.json")).read_text())
     expected = {"analogy", "background_only", "character_only", "gray_canvas"} if background_rows else {"analogy"}
     assert expected <= set(result) and (background_rows or "character_only" not in result)
@@ -169,7 +170,7 @@ def test_checkpoint_of_another_model_fails_with_a_clear_message(tmp_path, cache_
     config = "mnist_equivariant_cpu.yaml"
     with pytest.raises(ValueError, match="saved by OtherModule"):
         run_cli(["test", "--config", str(CONFIGS / config), "--ckpt_path", str(path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.enable_progress_bar", "false", *data_args(cache_dir, config)])
+                 *data_args(cache_dir, config)])
 
 
 def test_checkpoint_of_other_widths_fails_with_a_clear_message(mnist_checkpoint):
@@ -290,3 +291,19 @@ def test_analogy_pairs_share_animation_and_view_but_not_the_character(cache_dir)
         assert dataset.clip_action[a] == dataset.clip_action[b] and dataset.clip_view[a] == dataset.clip_view[b]
         assert dataset.clip_character[a] != dataset.clip_character[b]
         assert dataset.clip_length(a) == dataset.clip_length(b)
+
+
+def test_transform_noise_decays_linearly_and_is_off_for_the_ablation():
+    model = EquivariantSceneModule(transform_noise=0.1, transform_noise_steps=100, **TINY)
+
+    class FakeTrainer:
+        global_step = 50
+
+    model._trainer = FakeTrainer()
+    assert model.current_transform_noise() == pytest.approx(0.05)
+    FakeTrainer.global_step = 250
+    assert model.current_transform_noise() == 0.0
+    ablation = EquivariantSceneModule(transform_noise=0.1, use_ground_truth_transform=True, **TINY)
+    assert ablation.current_transform_noise() == 0.0
+    with pytest.raises(ValueError, match="transform_noise"):
+        EquivariantSceneModule(transform_noise=-0.1, **TINY)

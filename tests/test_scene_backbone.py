@@ -13,7 +13,8 @@ SIZE = 32
 
 def tiny(**kw) -> EquivariantScene:
     torch.manual_seed(0)
-    args = dict(image_size=SIZE, channels=(8, 16, 16), feature_channels=8, tz_channels=(8,), tz_hidden=16)
+    args = dict(image_size=SIZE, channels=(8, 16, 16), feature_channels=8, tz_channels=(8,), tz_hidden=16, tz_keypoints=4,
+                zero_init_character=False)  # random fc, so that the maths below is not trivially zero
     args.update(kw)
     return EquivariantScene(**args)
 
@@ -38,6 +39,15 @@ def test_tz_is_exactly_the_identity_at_initialisation(frames):
     assert torch.equal(theta, identity_affine(3))
     # and the identity warp leaves a feature map unchanged
     torch.testing.assert_close(apply_affine(z1, theta), z1, atol=1e-5, rtol=0)
+
+
+def test_default_character_encoder_starts_at_zero_so_the_scene_starts_as_background(frames):
+    model = tiny(zero_init_character=True).eval()
+    x = frames[0]
+    with torch.no_grad():
+        assert torch.equal(model.encode_character(x), torch.zeros(3, 8, SIZE // 4, SIZE // 4))
+        torch.testing.assert_close(model.h(x, frames[1], frames[2], frames[3]), model.g(model.fb(frames[3])))
+    assert model.encode_background(x).abs().sum() > 0
 
 
 def test_tz_depends_on_input_order(frames):
@@ -189,3 +199,28 @@ def test_transform_net_learns_a_translation_from_features():
         opt.step()
     assert loss.item() < 0.01 * target[:, 0, 2].pow(2).mean().item() + 1e-4
     assert math.isfinite(loss.item())
+
+
+def test_tz_keypoints_are_soft_argmax_positions_that_follow_a_shift():
+    """The keypoint path of T_Z: expected (x, y) of a spatial softmax, moving with the content."""
+    net = TransformNet(feature_channels=1, channels=(4,), hidden=8, norm="none", keypoints=1)
+    with torch.no_grad():
+        net.keypoints.weight.zero_()
+        net.keypoints.weight[0, 0, 1, 1] = 50.0  # the keypoint map is (a sharp copy of) the feature map
+        net.keypoints.bias.zero_()
+    z = torch.zeros(1, 1, 8, 8)
+    z[0, 0, 2, 5] = 1.0  # row 2, column 5
+    coords = net._coords(z)
+    k = net._soft_argmax(z, coords)[0, 0]
+    torch.testing.assert_close(k, torch.tensor([(2 * 5 + 1) / 8 - 1, (2 * 2 + 1) / 8 - 1]), atol=1e-4, rtol=0)
+    shifted = net._soft_argmax(torch.roll(z, 2, dims=-1), coords)[0, 0]
+    torch.testing.assert_close(shifted - k, torch.tensor([0.5, 0.0]), atol=1e-4, rtol=0)
+
+
+def test_transform_noise_only_perturbs_the_training_transform(frames):
+    model = tiny()
+    torch.manual_seed(0)
+    noisy = model.losses(frames[0], frames[1], transform_noise=0.1)
+    assert (noisy.theta - identity_affine(3)).abs().max() > 1e-3
+    clean = model.losses(frames[0], frames[1])
+    assert torch.equal(clean.theta, identity_affine(3))
