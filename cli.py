@@ -7,6 +7,7 @@ command line, e.g. ``--trainer.max_steps 100 --data.batch_size 16``.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytorch_lightning as pl
@@ -28,6 +29,18 @@ class SceneMotionCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         return
 
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.enable_progress_bar false`` drops the configs' progress-bar callback.
+
+        Lightning refuses a progress-bar callback when the progress bar is disabled; a user
+        turning it off on the command line means "no progress bar", not "error".
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is None or trainer.get("enable_progress_bar") is not False or not trainer.get("callbacks"):
+            return
+        trainer.callbacks = [cb for cb in trainer.callbacks if not _is_progress_bar(cb)]
+
     def after_instantiate_classes(self) -> None:
         """Checkpoints without a ``dirpath`` go to ``<default_root_dir>/checkpoints``.
 
@@ -41,6 +54,18 @@ class SceneMotionCLI(LightningCLI):
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+
+def _is_progress_bar(callback_config) -> bool:
+    """Whether a ``trainer.callbacks`` entry (``class_path`` namespace or object) is a progress bar."""
+    from jsonargparse import Namespace
+    from pytorch_lightning.callbacks import ProgressBar
+
+    if isinstance(callback_config, Namespace):
+        module, _, name = callback_config.class_path.rpartition(".")
+        callback_config = getattr(importlib.import_module(module), name)
+    cls = callback_config if isinstance(callback_config, type) else type(callback_config)
+    return issubclass(cls, ProgressBar)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SceneMotionCLI:

@@ -47,7 +47,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from callbacks.logging import run_dir
+from lightning_modules.common import run_dir
 
 MAX_DEFAULT_FRAMES = 8
 

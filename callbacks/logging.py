@@ -26,24 +26,14 @@ from urllib.parse import urlparse
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.common import atomic_write_text
+from lightning_modules.common import atomic_write_text, run_dir
 
 METRICS_FILE_ENV = "SCENEMOTION_METRICS_FILE"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The run's folder without a collective call (``trainer.log_dir`` broadcasts under DDP):
-    the first TensorBoard / CSV logger's versioned folder, else ``trainer.default_root_dir``."""
-    for logger in trainer.loggers:
-        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
-            return Path(logger.log_dir)
-    return Path(trainer.default_root_dir)
 
 
 # ---------------------------------------------------------------------------------------- W&B

@@ -64,6 +64,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def run_dir(trainer: "pl.Trainer") -> Path:
+    """The run's folder without a collective call (``trainer.log_dir`` broadcasts under DDP, so
+    it must not be called from rank zero alone): the first TensorBoard / CSV logger's versioned
+    folder, else ``trainer.default_root_dir``."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+            return Path(logger.log_dir)
+    return Path(trainer.default_root_dir)
+
+
 @rank_zero_only
 def write_results(directory: str | os.PathLike, name: str, results: Mapping[str, Any], table: str | None = None) -> Path:
     """Print ``table`` (if given) and write ``results`` as ``<directory>/<name>.json``."""

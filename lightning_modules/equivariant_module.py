@@ -35,7 +35,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from backbone.scene import EquivariantScene
 from lightning_modules import scene_evaluation as ev
-from lightning_modules.common import CheckpointGuardMixin, format_table, write_results
+from lightning_modules.common import CheckpointGuardMixin, format_table, run_dir, write_results
 
 
 class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
@@ -246,7 +246,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         if dm is None or not hasattr(dm, "source"):
             rank_zero_info("EquivariantSceneModule: no clip DataModule, skipping the paper's evaluation protocols.")
             return
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir = run_dir(self.trainer)
         results = run_evaluation(self, dm, out_dir, progress=bool(getattr(self.trainer, "progress_bar_callback", None)))
         for name, value in results.get("scalars", {}).items():
             self.log(f"test/{name}", value, rank_zero_only=True)

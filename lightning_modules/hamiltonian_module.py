@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from backbone.motion_vae import MotionVAE
-from lightning_modules.common import CheckpointGuardMixin, format_table, write_results
+from lightning_modules.common import CheckpointGuardMixin, format_table, run_dir, write_results
 from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 
 GPU_SCALE_PARAMS = 20_000_000
@@ -525,7 +525,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             tables.append(format_table("Attribute accuracy when the motion is changed", attr_rows, attr_names))
         results["config"] = {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
         results["config"].update({k: getattr(self, k) for k in EVAL_OPTIONS})
-        out_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        out_dir = run_dir(self.trainer)
         write_results(out_dir, "test_results", results, "\n\n".join(tables))
         grid = self._save_grid(out_dir)
         rank_zero_info(f"Test results written to {Path(out_dir) / 'test_results.json'}")
