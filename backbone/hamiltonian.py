@@ -91,25 +91,28 @@ class HamiltonianOperators(nn.Module):
         """``H_k = J M_k`` of every action, ``(K, 2d, 2d)``."""
         return self.J @ self.energy_matrix()
 
-    def propagators(self, times: Tensor) -> Tensor:
+    def propagators(self, times: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``exp(τ H_k)`` for every ``τ`` in ``times (n,)`` and every action: ``(n, K, 2d, 2d)``.
 
-        One batched ``torch.linalg.matrix_exp`` over ``n·K`` small matrices (differentiable).
+        One batched ``torch.linalg.matrix_exp`` over ``n·K`` small matrices (differentiable),
+        in ``dtype`` (default: the parameters'; float64 for conservation checks).
         """
         H = self.generator()
+        H = H if dtype is None else H.to(dtype)
         tH = times.to(H.dtype)[:, None, None, None] * H[None]
         return torch.linalg.matrix_exp(tH)
 
     # ------------------------------------------------------------------ on states
-    def rollout(self, start: Tensor, action: Tensor, offsets: Tensor) -> Tensor:
+    def rollout(self, start: Tensor, action: Tensor, offsets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """States ``s(t_ref + τ) = exp(τ H_k) s(t_ref)`` for each clip's time offsets (eq. 8, 13).
 
         Args:
             start: ``(b, 2d)`` state ``s = (q, p)`` at each clip's reference time.
             action: ``(b,)`` action index ``k`` of each clip.
             offsets: ``(b, L)`` or ``(L,)`` time offsets ``τ`` (negative = backward in time).
+            dtype: precision of the rollout (fp32, or float64 for conservation checks).
         Returns:
-            ``(b, L, 2d)`` states. The exponentials are computed once per distinct offset.
+            ``(b, L, 2d)`` states in ``dtype``. The exponentials are computed once per distinct offset.
         """
         b = start.shape[0]
         if offsets.dim() == 1:
@@ -119,14 +122,14 @@ class HamiltonianOperators(nn.Module):
         # states feed every later frame, so low-precision rounding compounds along the rollout.
         with torch.autocast(device_type=start.device.type, enabled=False):
             times, inverse = torch.unique(offsets, return_inverse=True)  # inverse: (b, L)
-            phi = self.propagators(times)  # (n, K, 2d, 2d)
+            phi = self.propagators(times, dtype)  # (n, K, 2d, 2d)
             phi = phi[inverse, action[:, None].expand_as(inverse)]  # (b, L, 2d, 2d)
-            return torch.einsum("blij,bj->bli", phi, start.float())
+            return torch.einsum("blij,bj->bli", phi, start.to(dtype))
 
     def energy(self, states: Tensor, action: Tensor) -> Tensor:
         """``½ sᵀ M_k s`` for ``states (b, ..., 2d)`` of clips of action ``(b,)``: ``(b, ...)``."""
         self._check_actions(action)
-        M = self.energy_matrix()[action]  # (b, 2d, 2d)
+        M = self.energy_matrix()[action].to(states.dtype)  # (b, 2d, 2d)
         extra = states.dim() - 2
         M = M.reshape(M.shape[0], *([1] * extra), *M.shape[-2:])
         return quadratic_energy(states, M)

@@ -358,13 +358,18 @@ class MotionVAE(nn.Module):
         x = rearrange(frames, "b t c h w -> (b t) c h w").contiguous(memory_format=self.memory_format)
         return rearrange(self.encoder(x), "(b t) f -> b t f", b=b)
 
-    def posterior(self, frames: Tensor, action: Tensor, content_frames: Tensor | None = None) -> Posterior:
+    def posterior(
+        self, frames: Tensor, action: Tensor, content_frames: Tensor | None = None, content_index: Tensor | None = None
+    ) -> Posterior:
         """``q(z | x_{1:T})``, ``q(q_t | x_t, u)``, ``q(p_t | x_{t-w+1:t}, u)`` for every frame.
 
-        ``content_frames`` (default: ``frames``) is the clip the content posterior reads.
+        ``content_frames`` (default: ``frames``) is the clip the content posterior reads;
+        ``content_index`` ``(b, L)`` instead picks the frames of ``frames`` it reads, per clip.
         """
         h = self.encode_frames(frames)
         hz = h if content_frames is None else self.encode_frames(content_frames)
+        if content_index is not None:
+            hz = torch.gather(hz, 1, repeat(content_index, "b l -> b l f", f=hz.shape[-1]))
         return Posterior(self.content(hz), self.position(h, action), self.momentum(h, action))
 
     def rollout(self, start: Tensor, action: Tensor, offsets: Tensor) -> Tensor:
@@ -387,7 +392,9 @@ class MotionVAE(nn.Module):
         return self.decode(z, states[..., : self.dim], action)
 
     # ------------------------------------------------------------------ training pass
-    def forward(self, frames: Tensor, action: Tensor, reference: Tensor, sample: bool = True) -> dict[str, object]:
+    def forward(
+        self, frames: Tensor, action: Tensor, reference: Tensor, sample: bool = True, content_index: Tensor | None = None
+    ) -> dict[str, object]:
         """One pass of eq. 11–14: posterior, reference-frame state, forward/backward unroll, decode.
 
         Args:
@@ -395,10 +402,11 @@ class MotionVAE(nn.Module):
             action: ``(b,)`` action of each clip.
             reference: ``(b,)`` reference frame ``t`` of each clip (eq. 11: ``t ~ U{1..T}``).
             sample: reparameterised samples (training) or posterior means.
+            content_index: ``(b, L)`` frames the content posterior reads (default: all ``T``).
         Returns a dict with ``recon (b, T, c, H, W)``, ``posterior``, ``states (b, T, 2d)``,
         ``z (b, |Z|)`` and the reference-frame Gaussians ``q_ref``, ``p_ref`` (``(b, d)``).
         """
-        post = self.posterior(frames, action)
+        post = self.posterior(frames, action, content_index=content_index)
         b, T = frames.shape[:2]
         rows = torch.arange(b, device=frames.device)
         q_ref, p_ref = post.q.index(rows, reference), post.p.index(rows, reference)
@@ -490,12 +498,12 @@ class MotionVAE(nn.Module):
         return self.operators.energy(states, self.as_actions(action, states.shape[0], states.device))
 
     @torch.no_grad()
-    def state_trajectory(self, frames0: Tensor, action: Tensor, length: int) -> Tensor:
-        """Posterior-mean state of ``frames0 (b, c, H, W)`` unrolled ``length`` steps: ``(b, length, 2d)``."""
+    def state_trajectory(self, frames0: Tensor, action: Tensor, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Posterior-mean state of ``frames0 (b, c, H, W)`` unrolled ``length`` steps in ``dtype``: ``(b, length, 2d)``."""
         action = self.as_actions(action, frames0.shape[0], frames0.device)
         post = self.posterior(frames0[:, None], action)
         zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
-        return self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device))
+        return self.operators.rollout(post.state(zero), action, torch.arange(length, device=frames0.device), dtype)
 
     # ------------------------------------------------------------------ helpers
     def _reference(self, reference: int | None, T: int, b: int, device: torch.device) -> Tensor:

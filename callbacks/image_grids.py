@@ -33,8 +33,6 @@ its sub-modules) has, so the same callback works for either model where it makes
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +45,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from lightning_modules.common import run_dir
+from lightning_modules.common import run_dir, save_image_atomic
 
 MAX_DEFAULT_FRAMES = 8
 
@@ -59,20 +57,6 @@ def find_method(pl_module: torch.nn.Module, name: str) -> Callable | None:
         if callable(method):
             return method
     return None
-
-
-def save_image_atomic(image: Image.Image, path: Path, **save_kwargs: Any) -> Path:
-    """``image.save`` to a temporary file beside ``path``, then rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        image.save(tmp, format=path.suffix.lstrip(".").upper(), **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def to_pil(grid: torch.Tensor) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from datamodules.base import ClipDataset, ClipSource
@@ -12,10 +13,11 @@ class SequenceWindows(KeyedView):
     """Item ``key`` -> ``num_frames`` consecutive frames of one clip (random window if asked)."""
 
     def __init__(
-        self, clips: ClipDataset, split: str, seed: int, num_frames: int, random_window: bool, drop_short: bool
+        self, clips: ClipDataset, split: str, seed: int, num_frames: int, random_window: bool, drop_short: bool,
+        looped: bool = False,
     ) -> None:
         indices = None
-        if not clips.procedural:
+        if not clips.procedural and not looped:
             short = [i for i in range(len(clips)) if clips.clip_length(i) < num_frames]
             if short and not drop_short:
                 raise ValueError(
@@ -28,13 +30,18 @@ class SequenceWindows(KeyedView):
                 if not indices:
                     raise ValueError(f"Every clip of the {split} split is shorter than num_frames={num_frames}.")
         super().__init__(clips, split, seed, indices)
-        self.num_frames, self.random_window = num_frames, random_window
+        self.num_frames, self.random_window, self.looped = num_frames, random_window, looped
 
     def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
         index, rng = self.locate(key)
-        spare = self.clips.clip_length(index) - self.num_frames
-        start = int(rng.integers(spare + 1)) if self.random_window else 0
-        item = self.clips.get(index, list(range(start, start + self.num_frames)))
+        length = self.clips.clip_length(index)
+        if self.looped:  # any start; frame length-1 is followed by frame 0
+            start = int(rng.integers(length)) if self.random_window else 0
+            frames = (start + np.arange(self.num_frames)) % length
+        else:
+            start = int(rng.integers(length - self.num_frames + 1)) if self.random_window else 0
+            frames = np.arange(start, start + self.num_frames)
+        item = self.clips.get(index, frames.tolist())
         item.pop("poses", None)
         return item
 
@@ -49,6 +56,13 @@ class ActionSequenceDataModule(ClipDataModule):
         num_frames: frames per clip; longer clips are windowed, shorter ones rejected.
         random_window: random window start in training (val/test always start at frame 0).
         drop_short_clips: skip clips shorter than ``num_frames`` instead of raising.
+        looped: the clips are animation loops (DSVAE Sprites: each 8-frame clip is one cycle):
+            training windows start at any frame and wrap from the last frame to the first, so
+            the model also sees the step that closes the cycle, and clips may be shorter than
+            ``num_frames``. Val/test windows still start at frame 0. Not in paper 004 (it trains
+            on the 8 frames in order); without it a model can fit the 8 frames with a rotation
+            that does not close the cycle, and 16-frame generation degrades after frame 8
+            (measured: per-frame SSIM 0.90 for frames 0-7 vs 0.84 for frames 8-15).
         **kwargs: see ``ClipDataModule`` (source, batch sizes, workers, assets, cache, seed).
     """
 
@@ -65,13 +79,16 @@ class ActionSequenceDataModule(ClipDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         drop_short_clips: bool = False,
+        looped: bool = False,
     ) -> None:
         super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory)
         if num_frames < 2:
             raise ValueError(f"num_frames must be >= 2, got {num_frames}.")
         self.num_frames, self.random_window, self.drop_short_clips = num_frames, random_window, drop_short_clips
+        self.looped = looped
 
     def make_view(self, clips: ClipDataset, split: str) -> SequenceWindows:
+        train = split == "train"
         return SequenceWindows(
-            clips, split, self.seed, self.num_frames, self.random_window and split == "train", self.drop_short_clips
+            clips, split, self.seed, self.num_frames, self.random_window and train, self.drop_short_clips, self.looped
         )

@@ -34,7 +34,9 @@ import os
 from abc import ABC, abstractmethod
 from typing import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test")
@@ -68,6 +70,36 @@ class ClipDataset(Dataset, ABC):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.get(index)
 
+    def clip_name(self, index: int) -> str:
+        """How errors name clip ``index``."""
+        return f"clip {index}"
+
+    def frame_selection(self, index: int, frames: Sequence[int] | None) -> np.ndarray:
+        """Checked frame indices of clip ``index`` in ``[0, n)`` (negative ones count from the end):
+        ``frames`` or all ``n`` frames when ``None``; clear ``IndexError`` when out of range."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
+        n = self.clip_length(index)
+        sel = np.arange(n) if frames is None else np.asarray(frames, dtype=np.int64).reshape(-1)
+        if sel.size and (sel.min() < -n or sel.max() >= n):
+            raise IndexError(f"frames {sel.tolist()} out of range for {self.clip_name(index)} of {n} frames")
+        return sel % n
+
+    def labelled_item(self, index: int, frames: torch.Tensor, masks: torch.Tensor, character: int,
+                      attributes: np.ndarray, action: int, view: int) -> dict[str, torch.Tensor]:
+        """The item of a labelled sprite clip (frames/masks resized to ``image_size``):
+        ``label`` is the action-view class ``len(views) * action + view``."""
+        return {
+            "frames": resize_clip(frames, self.image_size),
+            "masks": resize_clip(masks, self.image_size, binary=True),
+            "action": torch.tensor(action),
+            "view": torch.tensor(view),
+            "label": torch.tensor(len(self.views) * action + view),
+            "attributes": torch.from_numpy(np.array(attributes)),
+            "character": torch.tensor(int(character)),
+            "index": torch.tensor(index),
+        }
+
 
 class ClipSource(ABC):
     """A dataset choice in config; builds caches and hands out ``ClipDataset`` splits."""
@@ -89,7 +121,15 @@ def check_split(split: str) -> str:
     return split
 
 
-def to_float_frames(frames_uint8: "numpy.ndarray") -> torch.Tensor:  # noqa: F821
+def resize_clip(x: torch.Tensor, size: int, binary: bool = False) -> torch.Tensor:
+    """Antialiased resize of ``t c h w`` frames to ``size x size`` (masks re-binarised at 0.5)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (y > 0.5).float() if binary else y.clamp_(0.0, 1.0)
+
+
+def to_float_frames(frames_uint8: np.ndarray) -> torch.Tensor:
     """uint8 ``t h w c`` -> float32 ``t c h w`` in [0, 1]."""
     return torch.from_numpy(frames_uint8.copy()).permute(0, 3, 1, 2).float().div_(255.0)
 

@@ -43,7 +43,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from datamodules.assets import asset_path, load_manifest, resolve_assets_root
@@ -255,14 +254,6 @@ def build_dsvae_sprites(
 
 
 # --------------------------------------------------------------------------- datasets
-def resize_clip(x: torch.Tensor, size: int, binary: bool = False) -> torch.Tensor:
-    """Antialiased resize of ``t c h w`` frames to ``size x size`` (masks re-binarised at 0.5)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (y > 0.5).float() if binary else y.clamp_(0.0, 1.0)
-
-
 def check_image_size(image_size: int, name: str = "image_size") -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
         raise ValueError(f"{name} must be an integer between 8 and 1024 pixels, got {image_size!r}.")
@@ -338,23 +329,11 @@ class DSVAESpritesDataset(MemmapPickle, ClipDataset):
         return NUM_FRAMES
 
     def get(self, index: int, frames: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
-        sel = np.arange(NUM_FRAMES) if frames is None else np.asarray(frames, dtype=np.int64)
+        sel = self.frame_selection(index, frames)
         char, col = self.clip_character[index], self._column[index]
         rgb = to_float_frames(self._frames[char, col][sel])
         mask = torch.from_numpy(np.unpackbits(self._masks[char, col][sel], axis=-1)).float()[:, None]
-        action, view = int(self.clip_action[index]), int(self.clip_view[index])
-        return {
-            "frames": resize_clip(rgb, self.image_size),
-            "masks": resize_clip(mask, self.image_size, binary=True),
-            "action": torch.tensor(action),
-            "view": torch.tensor(view),
-            "label": torch.tensor(len(self.views) * action + view),
-            "attributes": torch.from_numpy(character_digits(char)),
-            "character": torch.tensor(int(char)),
-            "index": torch.tensor(index),
-        }
+        return self.labelled_item(index, rgb, mask, char, character_digits(char), int(self.clip_action[index]), int(self.clip_view[index]))
 
 
 class DSVAESprites(ClipSource):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from datamodules.assets import AssetError, asset_path, load_manifest, resolve_assets_root
 from datamodules.base import ClipDataset, ClipSource, check_split, to_float_frames
 from datamodules.cache import cached_arrays
-from datamodules.dsvae_sprites import MemmapPickle, check_image_size, progress_bar, resize_clip
+from datamodules.dsvae_sprites import MemmapPickle, check_image_size, progress_bar
 
 NUM_CHARACTERS = 672
 SIZE = 60
@@ -201,29 +201,14 @@ class ReedSpritesDataset(MemmapPickle, ClipDataset):
         return ROW_LENGTHS[self.clip_row[index]]
 
     def get(self, index: int, frames: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
-        n = self.clip_length(index)
-        sel = np.arange(n) if frames is None else np.asarray(frames, dtype=np.int64)
-        if sel.size and (sel.min() < -n or sel.max() >= n):
-            raise IndexError(f"frames {sel.tolist()} out of range for clip {index} of {n} frames")
+        sel = self.frame_selection(index, frames)
         char, row = self.clip_character[index], self.clip_row[index]
-        idx = ROW_OFFSETS[row] + (sel % n)
+        idx = ROW_OFFSETS[row] + sel
         rgb = to_float_frames(self._rgb[char][idx])
         mask = torch.from_numpy(np.unpackbits(self._masks[char][idx], axis=-1, count=SIZE)).float()[:, None]
         canvas = max(self.image_size, 64)
         rgb, mask = pad_center(rgb, canvas), pad_center(mask, canvas)
-        action, view = int(self.clip_action[index]), int(self.clip_view[index])
-        return {
-            "frames": resize_clip(rgb, self.image_size),
-            "masks": resize_clip(mask, self.image_size, binary=True),
-            "action": torch.tensor(action),
-            "view": torch.tensor(view),
-            "label": torch.tensor(len(self.views) * action + view),
-            "attributes": torch.from_numpy(self._labels[char].copy()),
-            "character": torch.tensor(int(char)),
-            "index": torch.tensor(index),
-        }
+        return self.labelled_item(index, rgb, mask, char, self._labels[char], int(self.clip_action[index]), int(self.clip_view[index]))
 
 
 class ReedSprites(ClipSource):

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from datamodules.backgrounds import SPLIT_SEED_OFFSET, split_backgrounds
-from datamodules.base import ClipDataset, ClipSource, check_split
-from datamodules.dsvae_sprites import resize_clip
+from datamodules.base import ClipDataset, ClipSource, check_split, resize_clip
 
 PAPER_TRAIN_BACKGROUNDS = (64, 128, 256, 784, 1000)
 BACKGROUND_SIZE = 64

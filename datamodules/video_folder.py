@@ -190,15 +190,13 @@ class VideoFolderDataset(MemmapPickle, ClipDataset):
         c = self._clips[index]
         return int(self._offsets[c + 1] - self._offsets[c])
 
+    def clip_name(self, index: int) -> str:
+        return f"clip {self.clip_names[index]}"
+
     def get(self, index: int, frames: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"clip index {index} out of range for {len(self)} clips")
-        n = self.clip_length(index)
-        sel = np.arange(n) if frames is None else np.asarray(frames, dtype=np.int64)
-        if sel.size and (sel.min() < -n or sel.max() >= n):
-            raise IndexError(f"frames {sel.tolist()} out of range for clip {self.clip_names[index]} of {n} frames")
+        sel = self.frame_selection(index, frames)
         start = int(self._offsets[self._clips[index]])
-        item = {"frames": to_float_frames(self._frames[start + sel % n]), "index": torch.tensor(index)}
+        item = {"frames": to_float_frames(self._frames[start + sel]), "index": torch.tensor(index)}
         if self.clip_action is not None:
             action = int(self.clip_action[index])
             item["action"] = torch.tensor(action)

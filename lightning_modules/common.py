@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from pytorch_lightning.utilities import rank_zero_only
+
+if TYPE_CHECKING:
+    import PIL.Image
+    import pytorch_lightning as pl
 
 MODEL_TAG_KEY = "scenemotion_model"
 
@@ -53,15 +58,35 @@ def format_table(title: str, rows: Mapping[str, Mapping[str, Any]], columns: lis
     return "\n".join([title, sep, line(header), sep] + [line(r) for r in body] + [sep])
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and rename (never half-written)."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure
+    delete it, so ``path`` is never left half-written. The temporary name keeps the suffix
+    (PIL picks the format from it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and rename (never half-written)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_image_atomic(image: "PIL.Image.Image", path: str | os.PathLike, **save_kwargs: Any) -> Path:
+    """``image.save(path, **save_kwargs)`` (format from the suffix) via a temporary file and rename."""
+    with atomic_output(path) as tmp:
+        image.save(tmp, **save_kwargs)
+    return Path(path)
 
 
 def run_dir(trainer: "pl.Trainer") -> Path:

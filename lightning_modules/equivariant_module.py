@@ -35,7 +35,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from backbone.scene import EquivariantScene
 from lightning_modules import scene_evaluation as ev
-from lightning_modules.common import CheckpointGuardMixin, format_table, run_dir, write_results
+from lightning_modules.common import CheckpointGuardMixin, format_table, run_dir, save_image_atomic, write_results
 
 
 class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
@@ -274,7 +274,7 @@ def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Pa
         summary = {"protocol": "fig3", "source": kind, "use_ground_truth_transform": hp.use_ground_truth_transform, **result["summary"]}
         files.append(write_results(out_dir, "fig3", summary, table))
         files.append(ev.write_npz(out_dir / "fig3_per_example.npz", result["per_example"]))
-        files.append(ev.save_image_atomic(ev.fig3_grid(result["examples"]), out_dir / "fig3_examples.png"))
+        files.append(save_image_atomic(ev.fig3_grid(result["examples"]), out_dir / "fig3_examples.png"))
         for row in ("transformation", "background", "video_frames", "no_object"):
             scalars[f"fig3_{row}_mse"] = result["summary"][row]["mse"]["mean"]
         if hp.tz_pairs > 0 and getattr(source, "num_digits", 1) == 1 and not hp.use_ground_truth_transform:
@@ -305,7 +305,7 @@ def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Pa
         items = [dataset.get(k, [0, dataset.clip_length(k) // 2]) for k in range(0, len(dataset), max(1, len(dataset) // 8))[:8]]
         x1 = torch.stack([it["frames"][0] for it in items]).to(device)
         x2 = torch.stack([it["frames"][1] for it in items]).to(device)
-    files.append(ev.save_image_atomic(ev.manipulation_grid(scene, x1, x2, hp.canvas_color), out_dir / "manipulations.png"))
+    files.append(save_image_atomic(ev.manipulation_grid(scene, x1, x2, hp.canvas_color), out_dir / "manipulations.png"))
     rank_zero_info("EquivariantSceneModule: wrote " + ", ".join(str(f) for f in files if f is not None))
     return {"files": [str(f) for f in files if f is not None], "scalars": scalars}
 
@@ -322,7 +322,7 @@ def _sprite_evaluation(module: EquivariantSceneModule, dataset, kind: str, out_d
     files.append(write_results(out_dir, "sprite_analogy", summary, table))
     files.append(ev.write_npz(out_dir / "sprite_analogy_per_example.npz", result["per_example"]))
     ex = result["examples"]
-    files.append(ev.save_image_atomic(ev.labeled_grid([("A (animation)", ex["A"]), ("B (ground truth)", ex["B"]),
+    files.append(save_image_atomic(ev.labeled_grid([("A (animation)", ex["A"]), ("B (ground truth)", ex["B"]),
                                                        ("B animated like A", ex["prediction"])]), out_dir / "sprite_analogy.png"))
     for row, per_action in result["summary"].items():
         scalars[f"analogy_{row}_mse"] = per_action["all"]["mse"]["mean"]

@@ -30,24 +30,22 @@ then averaged.
 from __future__ import annotations
 
 import functools
-import io
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision.utils import make_grid
 
-from backbone.scene import EquivariantScene, apply_affine
+from backbone.scene import EquivariantScene
+from lightning_modules.common import atomic_output
 
 GRAY = (0.5, 0.5, 0.5)
-ANALOGY_ROWS = ("analogy", "background_only", "character_only", "gray_canvas")
+ANALOGY_ROWS = ("analogy", "static_baseline", "background_only", "character_only", "gray_canvas")
 
 
 # ============================================================================ metrics
@@ -285,7 +283,8 @@ def sprite_analogy_protocol(
 ) -> dict[str, Any]:
     """Sprite analogies (§4.4): ``B_k ≈ h(B_1, A_1, A_k, B_1)`` for ``k >= 2`` (0-based ``k >= 1``).
 
-    Rows per animation (``dataset.actions``) and over all: ``analogy`` (full-frame MSE); when
+    Rows per animation (``dataset.actions``) and over all: ``analogy`` (full-frame MSE),
+    ``static_baseline`` (``B_1`` repeated, no animation: what the analogy must beat); when
     the dataset has backgrounds also ``background_only`` / ``character_only`` (MSE over the
     target's non-character / character pixels, Fig. 9, 21) and ``gray_canvas`` ('Ours-BG',
     Fig. 6, 16-17: A, B and the target composited on a plain ``canvas_color`` canvas with the
@@ -310,6 +309,7 @@ def sprite_analogy_protocol(
         pred = scene.animate(xb0, xa[:1], xa[None, 1:])[0].float().cpu()  # 't-1 c h w'
         target = frames_b[1:]
         rows["analogy"].append(per_example_metrics(pred, target))
+        rows["static_baseline"].append(per_example_metrics(frames_b[:1].expand_as(target), target))
         action = int(clip_b.get("action", torch.tensor(0)))
         labels.append(torch.full((t - 1,), action, dtype=torch.int64))
         if has_bg and has_masks:
@@ -480,15 +480,9 @@ def tz_analysis(
 # ============================================================================ output
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` (.npz) atomically (keys with '/' are kept as given)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    with atomic_output(path) as tmp:
+        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
 
 
 def labeled_grid(rows: Sequence[tuple[str, torch.Tensor]], label_width: int = 140, padding: int = 2):
@@ -512,17 +506,6 @@ def labeled_grid(rows: Sequence[tuple[str, torch.Tensor]], label_width: int = 14
     for k, (label, _) in enumerate(rows):
         draw.text((4, k * row_h + row_h // 2 - 5), label, fill=(0, 0, 0))
     return canvas
-
-
-def save_image_atomic(image, path: str | os.PathLike) -> Path:
-    """Save a PIL image as PNG via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
 
 
 def fig3_grid(examples: Mapping[str, torch.Tensor]):

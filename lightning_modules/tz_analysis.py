@@ -34,8 +34,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lightning_modules.common import atomic_write_text, format_table
-from lightning_modules.scene_evaluation import save_image_atomic, tz_analysis, write_npz
+from lightning_modules.common import atomic_write_text, format_table, save_image_atomic
+from lightning_modules.scene_evaluation import tz_analysis, write_npz
 
 # ============================================================================ PIL plotting
 BLUE, ORANGE, GRAY_LINE = (31, 119, 180), (255, 127, 14), (150, 150, 150)

@@ -185,3 +185,20 @@ def test_plain_progress_bar_prints_readable_lines(scene, tmp_path, capsys):
     assert any(line.startswith("[train] epoch 0  step 4/4 (100%)") for line in lines)
     with pytest.raises(ValueError, match="mode must be"):
         ProgressBar(mode="fancy")
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    """Result files appear whole or not at all: a failing writer leaves neither the target nor a
+    temporary file behind, and a successful one replaces the target in one rename."""
+    from lightning_modules.common import atomic_output, atomic_write_text, save_image_atomic
+
+    target = tmp_path / "out" / "grid.png"
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    save_image_atomic(Image.new("RGB", (4, 4), "red"), target)
+    assert Image.open(target).getpixel((0, 0)) == (255, 0, 0)
+    atomic_write_text(tmp_path / "out" / "r.json", "{}\n")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["grid.png", "r.json"]

@@ -112,6 +112,29 @@ def test_too_long_windows_are_refused_with_the_fix(cache_dir):
         dm.setup("test")
 
 
+def test_looped_windows_wrap_around_the_animation_cycle(cache_dir):
+    """``looped``: training windows are cyclic shifts of the 8-frame loop (any start, frame 7 then
+    frame 0), longer windows repeat the cycle, and val/test windows still start at frame 0."""
+    dm = ActionSequenceDataModule(DSVAESprites(), num_frames=8, batch_size=4, num_workers=0, cache_dir=cache_dir, looped=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    train, clips = dm.items["train"], dm.datasets["train"]
+    starts = set()
+    for key in range(24):
+        item = train[key]
+        full = clips.get(int(item["index"]))["frames"]
+        matches = [s for s in range(8) if torch.equal(item["frames"], full[[(s + t) % 8 for t in range(8)]])]
+        assert matches, "a training window is not a cyclic shift of its clip"
+        starts.add(matches[0])
+    assert len(starts) > 3  # not always frame 0
+    val = dm.items["val"][0]
+    assert torch.equal(val["frames"], dm.datasets["val"].get(int(val["index"]))["frames"])
+    long = ActionSequenceDataModule(DSVAESprites(), num_frames=12, batch_size=4, num_workers=0, cache_dir=cache_dir, looped=True)
+    long.setup("fit")
+    item = long.items["train"][0]
+    torch.testing.assert_close(item["frames"][8:], item["frames"][:4])
+
+
 def test_batch_size_must_divide_across_ranks(cache_dir):
     dm = PairFramesDataModule(MovingMNIST(val_clips=32, test_clips=32), batch_size=6, eval_batch_size=4,
                               num_workers=0, cache_dir=cache_dir)

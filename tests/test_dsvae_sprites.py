@@ -177,6 +177,11 @@ def test_get_selected_frames_and_resize(cache_dir, splits):
     assert small["frames"].shape == (8, 3, 32, 32) and small["masks"].shape == (8, 1, 32, 32)
     pooled = torch.nn.functional.avg_pool2d(full["frames"], 2)
     assert (small["frames"] - pooled).abs().mean() < 0.03
+    assert torch.equal(ds.get(10, [-1])["frames"], full["frames"][[7]])  # negative frames count from the end
+    with pytest.raises(IndexError, match=r"frames \[8\] out of range for clip 10 of 8 frames"):
+        ds.get(10, [8])
+    with pytest.raises(IndexError, match="clip index"):
+        ds.get(len(ds))
 
 
 def test_action_subset(cache_dir, splits):

@@ -139,11 +139,12 @@ def test_sprite_configs_test_from_checkpoint_with_analogy_tables(config, backgro
     run_cli(["test", "--config", str(CONFIGS / config), "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1",
              "--trainer.default_root_dir", str(tmp_path / "test"), "--model.init_args.analogy_clips", "6", *common])
     result = json.loads(next((tmp_path / "test").rglob("sprite_analogy.json")).read_text())
-    expected = {"analogy", "background_only", "character_only", "gray_canvas"} if background_rows else {"analogy"}
+    expected = {"analogy", "static_baseline"} | ({"background_only", "character_only", "gray_canvas"} if background_rows else set())
     assert expected <= set(result) and (background_rows or "character_only" not in result)
     assert result["pairs"] == 6
     assert result["analogy"]["all"]["mse"]["n"] > 6 and "ssim" in result["analogy"]["all"]
     assert set(result["analogy"]) - {"all"} <= set(result["actions"])
+    assert result["static_baseline"]["all"]["mse"]["n"] == result["analogy"]["all"]["mse"]["n"]
 
 
 # ---------------------------------------------------------------------------- clear errors

@@ -187,6 +187,26 @@ def test_inference_methods_shapes_and_ranges(cache_dir):
         module.generate(clips[:, 0], 3, 4)
 
 
+def test_content_subclip_reads_the_chosen_frames(cache_dir):
+    """``content_index`` makes q(z | .) read exactly those frames; the training sub-clips are
+    contiguous runs inside the clip, and the option is off at the paper's default."""
+    torch.manual_seed(0)
+    clips = real_clips(cache_dir, 3)["frames"]
+    module = HamiltonianMotionModule(**TINY, content_subclip_prob=1.0).eval()
+    index = torch.tensor([[2, 3, 4], [0, 1, 2], [5, 6, 7]])
+    picked = module.model.posterior(clips, torch.zeros(3, dtype=torch.long), content_index=index).z
+    for i in range(3):
+        alone = module.model.posterior(clips[i : i + 1, index[i]], torch.zeros(1, dtype=torch.long)).z
+        torch.testing.assert_close(picked.mu[i : i + 1], alone.mu, rtol=1e-5, atol=1e-6)
+    for _ in range(20):
+        sub = module._content_subclip(3, 8, torch.device("cpu"))
+        assert sub.shape[0] == 3 and 1 <= sub.shape[1] <= 8 and sub.min() >= 0 and sub.max() <= 7
+        assert (sub.diff(dim=1) == 1).all()
+    assert HamiltonianMotionModule(**TINY)._content_subclip(3, 8, torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="content_subclip_prob"):
+        HamiltonianMotionModule(**TINY, content_subclip_prob=1.5)
+
+
 def test_first_frame_generation_protocol(cache_dir):
     """Ground truth of the 16-frame test: the periodic 8-frame clip repeated (paper §4.1)."""
     clip = torch.arange(8.0).reshape(1, 8, 1, 1, 1).expand(2, 8, 3, 4, 4)
