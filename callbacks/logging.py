@@ -30,7 +30,7 @@ from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.common import atomic_write_text, run_dir
+from lightning_modules.common import atomic_write_text, progress_mode, run_dir
 
 METRICS_FILE_ENV = "SCENEMOTION_METRICS_FILE"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
@@ -225,9 +225,7 @@ class ProgressBar(TQDMProgressBar):
         if log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be >= 1, got {log_every_n_steps}.")
         if mode == "auto":
-            mode = os.environ.get("SCENEMOTION_PROGRESS") or ("tqdm" if sys.stdout.isatty() else "plain")
-            if mode not in ("tqdm", "plain"):
-                raise ValueError(f"SCENEMOTION_PROGRESS must be 'tqdm' or 'plain', got {mode!r}.")
+            mode = progress_mode()
         self.plain = mode == "plain"
         self.log_every_n_steps = log_every_n_steps
         self._t0, self._step0, self._printed_step = 0.0, 0, -1

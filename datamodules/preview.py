@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from jsonargparse import ArgumentParser
 from torchvision.utils import make_grid, save_image
 
 from datamodules.base import ClipSource
+from lightning_modules.common import atomic_output
 
 
 def preview_grid(source: ClipSource, split: str = "test", clips: int = 8, frames: int = 8,
@@ -46,13 +46,9 @@ def preview_grid(source: ClipSource, split: str = "test", clips: int = 8, frames
 
 def write_png(image: torch.Tensor, out: str | os.PathLike) -> Path:
     """Save ``image`` atomically (temporary file, then rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".png")
-    os.close(fd)
-    save_image(image, tmp)
-    os.replace(tmp, out)
-    return out
+    with atomic_output(out) as tmp:
+        save_image(image, tmp)
+    return Path(out)
 
 
 def build_parser() -> ArgumentParser:

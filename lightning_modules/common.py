@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -87,6 +88,18 @@ def save_image_atomic(image: "PIL.Image.Image", path: str | os.PathLike, **save_
     with atomic_output(path) as tmp:
         image.save(tmp, **save_kwargs)
     return Path(path)
+
+
+PROGRESS_ENV = "SCENEMOTION_PROGRESS"
+
+
+def progress_mode() -> str:
+    """``'tqdm'`` in a terminal, ``'plain'`` lines in logs and pipes; ``$SCENEMOTION_PROGRESS``
+    (``tqdm`` or ``plain``) overrides. The one place training and evaluation progress decide."""
+    mode = os.environ.get(PROGRESS_ENV) or ("tqdm" if sys.stdout.isatty() else "plain")
+    if mode not in ("tqdm", "plain"):
+        raise ValueError(f"{PROGRESS_ENV} must be 'tqdm' or 'plain', got {mode!r}.")
+    return mode
 
 
 def run_dir(trainer: "pl.Trainer") -> Path:

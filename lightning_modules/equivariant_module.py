@@ -202,12 +202,13 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         """Eq. 4 on a batch of pairs; logs ``{stage}/loss``, ``/scene``, ``/equiv``, ``/inv`` (+ metrics in val/test)."""
         x1, x2 = self._inputs(batch)
         theta = self._ground_truth_theta(batch) if self.hparams.use_ground_truth_transform else None
-        out = self.scene.losses(x1, x2, theta, self.current_transform_noise() if stage == "train" else 0.0)
+        noise = self.current_transform_noise() if stage == "train" else 0.0
+        out = self.scene.losses(x1, x2, theta, noise)
         loss = out.scene + self.hparams.alpha_equiv * out.equiv + self.hparams.alpha_inv * out.inv
         on_step = stage == "train"
         logs = {f"{stage}/loss": loss, f"{stage}/scene": out.scene, f"{stage}/equiv": out.equiv, f"{stage}/inv": out.inv}
         if stage == "train" and self.hparams.transform_noise > 0:
-            logs["train/transform_noise"] = torch.tensor(self.current_transform_noise())
+            logs["train/transform_noise"] = torch.tensor(noise)
         self.log_dict(logs, on_step=on_step, on_epoch=not on_step, prog_bar=False, batch_size=x1.shape[0], sync_dist=not on_step)
         self.log(f"{stage}/scene_mse", out.scene, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=x1.shape[0], sync_dist=not on_step)
         if stage in self.metrics:
@@ -300,8 +301,9 @@ def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Pa
         if not getattr(dataset, "actions", ()):
             rank_zero_info(f"EquivariantSceneModule: {kind} has no action labels; reporting the test-pair metrics and the manipulation grid.")
         else:
-            more_files, scalars = _sprite_evaluation(module, dataset, kind, out_dir, progress)
-            files += more_files
+            sprite_files, sprite_scalars = _sprite_evaluation(module, dataset, kind, out_dir, progress)
+            files += sprite_files
+            scalars.update(sprite_scalars)
         items = [dataset.get(k, [0, dataset.clip_length(k) // 2]) for k in range(0, len(dataset), max(1, len(dataset) // 8))[:8]]
         x1 = torch.stack([it["frames"][0] for it in items]).to(device)
         x2 = torch.stack([it["frames"][1] for it in items]).to(device)

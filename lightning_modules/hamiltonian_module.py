@@ -309,7 +309,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
     def _content_subclip(self, b: int, T: int, device: torch.device) -> Tensor | None:
         """Frame indices ``(b, L)`` of a random contiguous sub-clip per clip, with probability
         ``content_subclip_prob`` (else ``None``: the whole clip); see the class docstring."""
-        p = self.hparams.get("content_subclip_prob", 0.0)
+        p = self.hparams.content_subclip_prob
         if p <= 0 or torch.rand(()).item() >= p:
             return None
         length = int(torch.randint(1, T + 1, ()).item())

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,7 +41,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchvision.utils import make_grid
 
 from backbone.scene import EquivariantScene
-from lightning_modules.common import atomic_output
+from lightning_modules.common import atomic_output, progress_mode
 
 GRAY = (0.5, 0.5, 0.5)
 ANALOGY_ROWS = ("analogy", "static_baseline", "background_only", "character_only", "gray_canvas")
@@ -141,7 +140,7 @@ class _PlainProgress:
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    if not sys.stderr.isatty():
+    if progress_mode() == "plain":
         return _PlainProgress(total, desc)
     from tqdm.auto import tqdm
 
