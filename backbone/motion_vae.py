@@ -429,20 +429,28 @@ class MotionVAE(nn.Module):
         return self(clip, action, ref, sample=False)["recon"].clamp_(0, 1)
 
     @torch.no_grad()
-    def generate(self, frames0: Tensor, action: Tensor, length: int, content: Tensor | None = None) -> Tensor:
+    def generate(
+        self, frames0: Tensor, action: Tensor, length: int, content: Tensor | None = None, still_frames: int = 1
+    ) -> Tensor:
         """Image -> sequence (§4.1, Fig. 4/7): ``length`` frames of action ``k`` from one frame.
 
         ``q_1, p_1`` are the posterior means from ``frames0 (b, c, H, W)`` alone (the momentum's
         causal window is zero-padded before it); ``z`` is the content posterior mean of
-        ``content (b, T, c, H, W)`` when given, else of ``frames0`` read as a one-frame clip.
+        ``content (b, T, c, H, W)`` when given, else of ``frames0`` read as a still clip of
+        ``still_frames`` frames (the frame repeated; 1 = a one-frame clip). The content LSTM is
+        trained on T-frame clips, so a still clip of T frames keeps its input length.
         Returns ``(b, length, c, H, W)``; frame 0 is the model's rendering of ``frames0``.
         """
         if frames0.dim() != 4:
             raise ValueError(f"frames0 must be images (b, c, H, W), got shape {tuple(frames0.shape)}.")
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}.")
+        if still_frames < 1:
+            raise ValueError(f"still_frames must be >= 1, got {still_frames}.")
         action = self.as_actions(action, frames0.shape[0], frames0.device)
         clip0 = frames0[:, None]
+        if content is None and still_frames > 1:
+            content = repeat(frames0, "b c h w -> b t c h w", t=still_frames)
         post = self.posterior(clip0, action, content)
         zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
         states = self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device))

@@ -100,7 +100,7 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     results = json.loads((Path(run.trainer.log_dir) / "test_results.json").read_text())
     assert (Path(run.trainer.log_dir) / "test_generations.png").is_file()
     assert results["num_test_clips"] == 6 and results["generation_length"] == 16
-    for variant in ("gen", "gen_clip_content", "recon"):
+    for variant in ("gen", "gen_one_frame", "gen_clip_content", "recon"):
         g = results["generation"][variant]
         assert 0 <= g["mse"] <= 1 and -1 <= g["ssim"] <= 1 and g["psnr"] > 0
     assert results["energy_relative_drift"]["mean"] < 1e-3
@@ -136,6 +136,19 @@ def test_data_with_other_actions_is_refused(tmp_path, cache_dir):
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, fast_dev_run=1)
     with pytest.raises(ValueError, match=r"2 actions \['walk', 'slash'\].*num_actions 2"):
         trainer.fit(model, datamodule=dm)
+
+
+def test_diverged_training_stops_with_a_clear_error(tmp_path, cache_dir):
+    """A non-finite loss stops ``fit`` at once, naming the step and the ELBO terms, before the
+    optimiser step (the weights stay finite)."""
+    model = HamiltonianMotionModule(**TINY)
+    with torch.no_grad():
+        model.model.operators.A.mul_(1e4)  # an exploding exp(τH): the rollout overflows
+    dm = ActionSequenceDataModule(DSVAESprites(), batch_size=4, num_workers=0, cache_dir=str(cache_dir))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, fast_dev_run=1)
+    with pytest.raises(FloatingPointError, match=r"not finite at step 0 \(train/nll .*training diverged.*gradient_clip_val"):
+        trainer.fit(model, datamodule=dm)
+    assert all(torch.isfinite(p).all() for n, p in model.named_parameters() if "operators" not in n)
 
 
 @pytest.mark.slow
@@ -205,6 +218,25 @@ def test_content_subclip_reads_the_chosen_frames(cache_dir):
     assert HamiltonianMotionModule(**TINY)._content_subclip(3, 8, torch.device("cpu")) is None
     with pytest.raises(ValueError, match="content_subclip_prob"):
         HamiltonianMotionModule(**TINY, content_subclip_prob=1.5)
+
+
+def test_single_frame_content_is_read_as_a_still_clip(cache_dir):
+    """Image -> sequence reads the content of the frame repeated ``content_still_frames`` times
+    (the LSTM's training length); 1 reads it once; the motion comes from the frame either way."""
+    torch.manual_seed(0)
+    clips = real_clips(cache_dir, 3)["frames"]
+    frames0, action = clips[:, 0], torch.tensor([0, 1, 2])
+    module = HamiltonianMotionModule(**TINY, content_still_frames=8)
+    still = repeat_clip(frames0[:, None], 8)  # (3, 8, 3, 64, 64): the same frame 8 times
+    expect = module.generate(frames0, action, 5, content=still)
+    torch.testing.assert_close(module.generate(frames0, action, 5), expect)
+    once = module.generate(frames0, action, 5, content=frames0[:, None])
+    torch.testing.assert_close(module.eval().model.generate(frames0, action, 5), once)
+    assert not torch.allclose(once, expect)
+    with pytest.raises(ValueError, match="content_still_frames must be >= 1"):
+        HamiltonianMotionModule(**TINY, content_still_frames=0)
+    with pytest.raises(ValueError, match="still_frames must be >= 1"):
+        module.model.generate(frames0, action, 5, still_frames=0)
 
 
 def test_first_frame_generation_protocol(cache_dir):
