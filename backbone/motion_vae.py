@@ -372,9 +372,9 @@ class MotionVAE(nn.Module):
             hz = torch.gather(hz, 1, repeat(content_index, "b l -> b l f", f=hz.shape[-1]))
         return Posterior(self.content(hz), self.position(h, action), self.momentum(h, action))
 
-    def rollout(self, start: Tensor, action: Tensor, offsets: Tensor) -> Tensor:
+    def rollout(self, start: Tensor, action: Tensor, offsets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """``s(t_ref + τ) = exp(τ H_k) s(t_ref)``: ``start (b, 2d)``, offsets ``(b, L)`` or ``(L,)`` -> ``(b, L, 2d)``."""
-        return self.operators.rollout(start, action, offsets)
+        return self.operators.rollout(start, action, offsets, dtype)
 
     def decode(self, z: Tensor, positions: Tensor, action: Tensor) -> Tensor:
         """Frames from content ``z (b, |Z|)`` and active-subspace positions ``q (b, L, d)``: ``(b, L, c, H, W)``.
@@ -447,12 +447,13 @@ class MotionVAE(nn.Module):
             raise ValueError(f"length must be >= 1, got {length}.")
         if still_frames < 1:
             raise ValueError(f"still_frames must be >= 1, got {still_frames}.")
-        action = self.as_actions(action, frames0.shape[0], frames0.device)
-        clip0 = frames0[:, None]
+        b = frames0.shape[0]
+        action = self.as_actions(action, b, frames0.device)
+        still = None  # the frame's features repeated: the frame is encoded once, not still_frames times
         if content is None and still_frames > 1:
-            content = repeat(frames0, "b c h w -> b t c h w", t=still_frames)
-        post = self.posterior(clip0, action, content)
-        zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
+            still = torch.zeros(b, still_frames, dtype=torch.long, device=frames0.device)
+        post = self.posterior(frames0[:, None], action, content, content_index=still)
+        zero = torch.zeros(b, dtype=torch.long, device=frames0.device)
         states = self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device))
         return self.decode_states(post.z.mu, states, action).clamp_(0, 1)
 
@@ -511,7 +512,7 @@ class MotionVAE(nn.Module):
         action = self.as_actions(action, frames0.shape[0], frames0.device)
         post = self.posterior(frames0[:, None], action)
         zero = torch.zeros(frames0.shape[0], dtype=torch.long, device=frames0.device)
-        return self.operators.rollout(post.state(zero), action, torch.arange(length, device=frames0.device), dtype)
+        return self.rollout(post.state(zero), action, torch.arange(length, device=frames0.device), dtype)
 
     # ------------------------------------------------------------------ helpers
     def _reference(self, reference: int | None, T: int, b: int, device: torch.device) -> Tensor:
