@@ -25,7 +25,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import Timer, TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
@@ -252,11 +252,16 @@ class ProgressBar(TQDMProgressBar):
         elapsed = time.monotonic() - self._t0
         rate = (step - self._step0) / max(elapsed, 1e-9)
         total = trainer.estimated_stepping_batches
-        progress, eta = f"step {step}", ""
+        progress, eta_s, eta_note = f"step {step}", math.inf, ""
         if math.isfinite(total) and total > 0:
             progress += f"/{int(total)} ({100.0 * step / total:.0f}%)"
             if rate > 0:
-                eta = f"  eta {_format_seconds((total - step) / rate)}"
+                eta_s = (total - step) / rate
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+        time_left = timer.time_remaining() if timer is not None else None
+        if time_left is not None and time_left < eta_s:  # trainer.max_time ends the run first
+            eta_s, eta_note = max(time_left, 0.0), " (max_time)"
+        eta = f"  eta {_format_seconds(eta_s)}{eta_note}" if math.isfinite(eta_s) else ""
         metrics = _format_metrics(self.get_metrics(trainer, pl_module))
         self._line(f"[train] epoch {trainer.current_epoch}  {progress}  {rate:.3g} it/s  "
                    f"elapsed {_format_seconds(elapsed)}{eta}  {metrics}".rstrip())

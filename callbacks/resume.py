@@ -11,6 +11,7 @@ continues differently after ``--ckpt_path last`` than the uninterrupted run woul
 every validation / test batch from ``(seed, stage, batch index, rank)``. So the random draws of a step
 depend only on that step, a resumed run is bit-for-bit the uninterrupted one (given the same
 data order), and validation uses the same draws at every epoch (comparable curves).
+``LastCheckpointAtEnd`` makes ``last.ckpt`` the state at the end of ``fit``, wherever it stopped.
 """
 
 from __future__ import annotations
@@ -61,3 +62,26 @@ class StepSeed(pl.Callback):
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         self._reseed(trainer, "test", batch_idx, dataloader_idx)
+
+
+class LastCheckpointAtEnd(pl.Callback):
+    """Write ``last.ckpt`` of every ``ModelCheckpoint(save_last=True)`` when ``fit`` ends.
+
+    Step-interval saves (``every_n_train_steps``) leave ``last.ckpt`` up to ``n - 1`` steps behind a
+    run that stops between two saves (``trainer.max_time``, or a step count that is not a multiple
+    of ``n``), and ``test --ckpt_path .../last.ckpt`` would score that older model. The file is
+    written to a temporary name and then renamed, so it is never left half-written.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if not callback.save_last or callback.dirpath is None:
+                continue
+            path = os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+            trainer.save_checkpoint(path + ".tmp")
+            if trainer.is_global_zero:
+                os.replace(path + ".tmp", path)
+            trainer.strategy.barrier("LastCheckpointAtEnd")
+            callback.last_model_path = path

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 if TYPE_CHECKING:
     import PIL.Image
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Timer
 
 MODEL_TAG_KEY = "scenemotion_model"
 
@@ -39,6 +40,18 @@ class CheckpointGuardMixin:
                 f"This checkpoint was saved by {saved}, but the config builds {type(self).__name__}. "
                 f"Use a config of the model that wrote the checkpoint (model.class_path) or another checkpoint."
             )
+
+
+def run_progress(step: int, total_steps: int, timer: "Timer | None" = None) -> float:
+    """Share of a run done, in [0, 1], for step-driven schedules: ``step / total_steps``, or the
+    elapsed share of a ``Timer``'s duration (``trainer.max_time``) when that is further along, so
+    a run that a slow machine stops by time still ends its schedule there."""
+    progress = step / max(total_steps, 1)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is not None:
+        elapsed = timer.time_elapsed()
+        progress = max(progress, elapsed / max(elapsed + remaining, 1e-9))
+    return min(max(progress, 0.0), 1.0)
 
 
 def format_table(title: str, rows: Mapping[str, Mapping[str, Any]], columns: list[str]) -> str:

@@ -42,12 +42,13 @@ from typing import Iterator
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from backbone.motion_vae import MotionVAE
-from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, write_results
+from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, write_results
 from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 
 GPU_SCALE_PARAMS = 20_000_000
@@ -115,7 +116,10 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             start near the identity; a larger rate lets short (CPU) runs reach the needed
             rotation speeds sooner.
         lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 5% over the run's steps,
-            per optimiser step; helps short CPU runs settle).
+            per optimiser step; helps short CPU runs settle). With ``trainer.max_time`` set, the
+            decay follows the elapsed share of that time when it is further along than the steps,
+            so a run stopped by time on a slower machine still ends annealed (and is then not
+            step-for-step reproducible across machines; drop ``max_time`` for that).
         content_subclip_prob: probability that a training batch's content posterior reads a
             random contiguous sub-clip (length ``U{1..T}``, start per clip) instead of the whole
             clip. Image -> sequence generation gives ``q(z | ·)`` a single frame, which an LSTM
@@ -608,8 +612,16 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         if hp.lr_schedule == "constant" or self._trainer is None:
             return opt
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self._schedule_progress(step, total))))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _schedule_progress(self, step: int, total: int) -> float:
+        """``run_progress`` of the cosine decay: by steps, or by ``trainer.max_time`` when the clock is
+        further along. Rank 0's share is broadcast, so every rank uses the same learning rate."""
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+        if timer is None or timer.time_remaining() is None or step == 0:  # step 0: the scheduler's own first call
+            return run_progress(step, total)
+        return float(self.trainer.strategy.broadcast(run_progress(step, total, timer)))
 
 
 def load_judge(path: str, device: torch.device | str = "cpu") -> nn.Module:

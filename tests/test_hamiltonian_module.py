@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 import cli
+from callbacks import LastCheckpointAtEnd, ProgressBar
 from datamodules import ActionSequenceDataModule, DSVAESprites
+from lightning_modules.common import run_progress
 from lightning_modules.hamiltonian_module import HamiltonianMotionModule, repeat_clip
 from lightning_modules.sequence_metrics import ssim_per_image
 
@@ -149,6 +152,51 @@ def test_diverged_training_stops_with_a_clear_error(tmp_path, cache_dir):
     with pytest.raises(FloatingPointError, match=r"not finite at step 0 \(train/nll .*training diverged.*gradient_clip_val"):
         trainer.fit(model, datamodule=dm)
     assert all(torch.isfinite(p).all() for n, p in model.named_parameters() if "operators" not in n)
+
+
+class TenSecondsPerStep(Timer):
+    """``trainer.max_time`` of 40 s on a clock that advances 10 s per training step."""
+
+    def __init__(self) -> None:
+        super().__init__(duration={"seconds": 40}, interval="step")
+        self.steps = 0
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        return 10.0 * self.steps
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        self.steps += 1
+
+
+def test_run_progress_takes_steps_or_the_time_budget_whichever_is_further():
+    timer = TenSecondsPerStep()
+    assert run_progress(5, 10) == 0.5 and run_progress(20, 10) == 1.0
+    timer.steps = 3  # 30 of 40 s
+    assert run_progress(1, 10, timer) == 0.75 and run_progress(9, 10, timer) == 0.9
+    timer.steps = 5
+    assert run_progress(1, 10, timer) == 1.0
+
+
+def test_run_stopped_by_max_time_ends_annealed_with_its_last_checkpoint(tmp_path, cache_dir, capsys):
+    """With ``max_time`` the cosine decay follows the clock when it is ahead of the steps: a run of
+    ``max_steps=1000`` stopped by time after 4 steps ends at the 5% floor, not at ~100%;
+    ``LastCheckpointAtEnd`` writes ``last.ckpt`` at that step (the 250-step saves never ran), and
+    the progress line's ETA is the time left."""
+    torch.manual_seed(0)
+    model = HamiltonianMotionModule(**TINY, lr=1e-3, operator_lr=1e-2, lr_schedule="cosine", val_generation=False)
+    dm = ActionSequenceDataModule(DSVAESprites(), batch_size=4, num_workers=0, cache_dir=str(cache_dir))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=1, every_n_train_steps=250)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_model_summary=False, max_steps=1000, limit_val_batches=0, default_root_dir=tmp_path,
+        callbacks=[TenSecondsPerStep(), checkpoints, LastCheckpointAtEnd(), ProgressBar(mode="plain", log_every_n_steps=2)],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 4
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[train]")]
+    assert "step 2/1000 (0%)" in lines[0] and "eta 20s (max_time)" in lines[0]  # 20 of 40 s left
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx([0.05 * 1e-3, 0.05 * 1e-2])
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 @pytest.mark.slow

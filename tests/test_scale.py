@@ -91,6 +91,24 @@ def test_ddp_two_gloo_processes_give_the_same_test_metrics_as_one(model, tmp_pat
         assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
+def test_ddp_fit_with_a_time_budget_keeps_the_ranks_in_step(tmp_path, cache_dir):
+    """2 gloo processes fit the Hamiltonian CPU config, whose ``max_time`` makes the cosine decay
+    broadcast rank 0's clock at every scheduler step: the run must not hang, and ``last.ckpt``
+    (``LastCheckpointAtEnd``) holds the final step with the decay at its 5% floor."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "cli.py", "fit", *MOTION, *QUIET, f"--data.init_args.cache_dir={cache_dir}", "--trainer.max_steps=3",
+         "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
+         "--trainer.devices=2", "--trainer.strategy=ddp"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (ckpt,) = glob.glob(str(tmp_path / "**" / "last.ckpt"), recursive=True)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 3
+    assert [g["lr"] for g in state["optimizer_states"][0]["param_groups"]] == pytest.approx([0.05 * 2e-3, 0.05 * 1e-2])
+
+
 @pytest.mark.parametrize("model", ["scene", "motion"])
 def test_bf16_mixed_precision_trains(model, tmp_path, cache_dir):
     run = cli(*MODELS[model], f"--data.init_args.cache_dir={cache_dir}", "--trainer.precision=bf16-mixed", "--trainer.max_steps=2",
