@@ -25,12 +25,12 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Timer, TQDMProgressBar
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.common import atomic_write_text, progress_mode, run_dir
+from lightning_modules.common import atomic_write_text, progress_mode, run_dir, time_budget
 
 METRICS_FILE_ENV = "SCENEMOTION_METRICS_FILE"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
@@ -257,9 +257,9 @@ class ProgressBar(TQDMProgressBar):
             progress += f"/{int(total)} ({100.0 * step / total:.0f}%)"
             if rate > 0:
                 eta_s = (total - step) / rate
-        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
-        time_left = timer.time_remaining() if timer is not None else None
-        if time_left is not None and time_left < eta_s:  # trainer.max_time ends the run first
+        timer = time_budget(trainer)
+        time_left = timer.time_remaining() if timer is not None else math.inf
+        if time_left < eta_s:  # trainer.max_time ends the run first
             eta_s, eta_note = max(time_left, 0.0), " (max_time)"
         eta = f"  eta {_format_seconds(eta_s)}{eta_note}" if math.isfinite(eta_s) else ""
         metrics = _format_metrics(self.get_metrics(trainer, pl_module))

@@ -11,12 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_only
 
 if TYPE_CHECKING:
     import PIL.Image
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import Timer
 
 MODEL_TAG_KEY = "scenemotion_model"
 
@@ -42,7 +42,13 @@ class CheckpointGuardMixin:
             )
 
 
-def run_progress(step: int, total_steps: int, timer: "Timer | None" = None) -> float:
+def time_budget(trainer: pl.Trainer) -> Timer | None:
+    """The ``Timer`` of ``trainer.max_time`` (or a user's ``Timer`` with a duration), else ``None``."""
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    return timer if timer is not None and timer.time_remaining() is not None else None
+
+
+def run_progress(step: int, total_steps: int, timer: Timer | None = None) -> float:
     """Share of a run done, in [0, 1], for step-driven schedules: ``step / total_steps``, or the
     elapsed share of a ``Timer``'s duration (``trainer.max_time``) when that is further along, so
     a run that a slow machine stops by time still ends its schedule there."""

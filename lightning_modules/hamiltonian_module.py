@@ -42,13 +42,12 @@ from typing import Iterator
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from backbone.motion_vae import MotionVAE
-from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, write_results
+from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, time_budget, write_results
 from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 
 GPU_SCALE_PARAMS = 20_000_000
@@ -357,7 +356,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         frames, action = batch["frames"], batch["action"]
         L = self.generation_length
         target = repeat_clip(frames, L)
-        variants = {"gen": self.model.generate(frames[:, 0], action, L, still_frames=self.content_still_frames)}
+        variants = {"gen": self.generate(frames[:, 0], action, L)}
         if both:
             if self.content_still_frames > 1:
                 variants["gen_one_frame"] = self.model.generate(frames[:, 0], action, L)
@@ -496,8 +495,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             own = int(action[i])
             rows.append(repeat_clip(frames[i : i + 1], L)[0])
             for k in [own] + [k for k in range(K) if k != own]:
-                ak = torch.tensor([k], device=frames.device)
-                rows.append(self.model.generate(frames[i : i + 1, 0], ak, L, still_frames=self.content_still_frames)[0])
+                rows.append(self.generate(frames[i : i + 1, 0], torch.tensor([k], device=frames.device), L)[0])
         return torch.cat(rows).float().cpu()  # (rows * L, 3, h, w)
 
     def _save_grid(self, out_dir: str | Path) -> Path | None:
@@ -618,8 +616,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
     def _schedule_progress(self, step: int, total: int) -> float:
         """``run_progress`` of the cosine decay: by steps, or by ``trainer.max_time`` when the clock is
         further along. Rank 0's share is broadcast, so every rank uses the same learning rate."""
-        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
-        if timer is None or timer.time_remaining() is None or step == 0:  # step 0: the scheduler's own first call
+        timer = time_budget(self.trainer)
+        if timer is None or step == 0:  # step 0: the scheduler's own first call
             return run_progress(step, total)
         return float(self.trainer.strategy.broadcast(run_progress(step, total, timer)))
 
