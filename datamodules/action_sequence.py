@@ -14,21 +14,21 @@ class SequenceWindows(KeyedView):
 
     def __init__(
         self, clips: ClipDataset, split: str, seed: int, num_frames: int, random_window: bool, drop_short: bool,
-        looped: bool = False,
+        looped: bool = False, option: str = "num_frames",
     ) -> None:
         indices = None
         if not clips.procedural and not looped:
             short = [i for i in range(len(clips)) if clips.clip_length(i) < num_frames]
             if short and not drop_short:
                 raise ValueError(
-                    f"{len(short)} clip(s) of the {split} split are shorter than num_frames={num_frames} "
+                    f"{len(short)} clip(s) of the {split} split are shorter than {option}={num_frames} "
                     f"(e.g. clip {short[0]} has {clips.clip_length(short[0])} frames). Lower "
-                    f"--data.init_args.num_frames or set --data.init_args.drop_short_clips true."
+                    f"--data.init_args.{option} or set --data.init_args.drop_short_clips true."
                 )
             if short:
                 indices = sorted(set(range(len(clips))) - set(short))
                 if not indices:
-                    raise ValueError(f"Every clip of the {split} split is shorter than num_frames={num_frames}.")
+                    raise ValueError(f"Every clip of the {split} split is shorter than {option}={num_frames}.")
         super().__init__(clips, split, seed, indices)
         self.num_frames, self.random_window, self.looped = num_frames, random_window, looped
 
@@ -54,15 +54,24 @@ class ActionSequenceDataModule(ClipDataModule):
 
     Args:
         num_frames: frames per clip; longer clips are windowed, shorter ones rejected.
+        train_num_frames: frames per training window (default ``num_frames``); val/test keep
+            ``num_frames``, the length the evaluation protocol scores.
         random_window: random window start in training (val/test always start at frame 0).
         drop_short_clips: skip clips shorter than ``num_frames`` instead of raising.
         looped: the clips are animation loops (DSVAE Sprites: each 8-frame clip is one cycle):
-            training windows start at any frame and wrap from the last frame to the first, so
-            the model also sees the step that closes the cycle, and clips may be shorter than
-            ``num_frames``. Val/test windows still start at frame 0. Not in paper 004 (it trains
-            on the 8 frames in order); without it a model can fit the 8 frames with a rotation
-            that does not close the cycle, and 16-frame generation degrades after frame 8
-            (measured: per-frame SSIM 0.90 for frames 0-7 vs 0.84 for frames 8-15).
+            windows wrap from the last frame to the first, so the model also sees the step that
+            closes the cycle, and clips may be shorter than the window. Training windows start
+            at any frame (``random_window``) or at frame 0; val/test windows start at frame 0.
+            Not in paper 004 (it trains on the 8 frames in order); without it a model can fit
+            the 8 frames with a rotation that does not close the cycle, and 16-frame generation
+            degrades after frame 8 (measured: per-frame SSIM 0.90 for frames 0-7 vs 0.84 for
+            frames 8-15). With ``random_window: false`` and ``train_num_frames: 10`` every
+            training window is the whole cycle plus two steps (frames 0..7, 0, 1) and still
+            starts where test clips start, so the momentum read from a lone first frame (image ->
+            sequence) is learned at the animation's first frame, as in the paper; random starts
+            leave it ambiguous for poses that recur in both directions (Sprites' slash). One
+            step past the cycle (9 frames) pins only the position after a cycle, not the
+            momentum, and the second pass of a 16-frame generation can drift.
         **kwargs: see ``ClipDataModule`` (source, batch sizes, workers, assets, cache, seed).
     """
 
@@ -80,15 +89,19 @@ class ActionSequenceDataModule(ClipDataModule):
         pin_memory: bool = False,
         drop_short_clips: bool = False,
         looped: bool = False,
+        train_num_frames: int | None = None,
     ) -> None:
         super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory)
-        if num_frames < 2:
-            raise ValueError(f"num_frames must be >= 2, got {num_frames}.")
+        for option, value in (("num_frames", num_frames), ("train_num_frames", train_num_frames)):
+            if value is not None and value < 2:
+                raise ValueError(f"{option} must be >= 2, got {value}.")
         self.num_frames, self.random_window, self.drop_short_clips = num_frames, random_window, drop_short_clips
+        self.train_num_frames = num_frames if train_num_frames is None else train_num_frames
         self.looped = looped
 
     def make_view(self, clips: ClipDataset, split: str) -> SequenceWindows:
         train = split == "train"
+        length, option = (self.train_num_frames, "train_num_frames") if train else (self.num_frames, "num_frames")
         return SequenceWindows(
-            clips, split, self.seed, self.num_frames, self.random_window and train, self.drop_short_clips, self.looped
+            clips, split, self.seed, length, self.random_window and train, self.drop_short_clips, self.looped, option
         )

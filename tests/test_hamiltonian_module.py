@@ -107,6 +107,13 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
         g = results["generation"][variant]
         assert 0 <= g["mse"] <= 1 and -1 <= g["ssim"] <= 1 and g["psnr"] > 0
     assert results["energy_relative_drift"]["mean"] < 1e-3
+    # the breakdown re-weights the headline SSIM: per action by clip counts, and halves of 8 + 8 frames
+    breakdown, headline = results["ssim_breakdown"], results["generation"]["gen"]["ssim"]
+    actions = {k: v for k, v in breakdown.items() if k.startswith("action_")}
+    assert "action_0 (walk)" in actions and sum(v["clips"] for v in actions.values()) == 6
+    assert sum(v["mean"] * v["clips"] for v in actions.values()) / 6 == pytest.approx(headline, abs=1e-5)
+    halves = (breakdown["frames_in_clip"]["mean"] + breakdown["frames_beyond_clip"]["mean"]) / 2
+    assert halves == pytest.approx(headline, abs=1e-5)
     judge = results["judge"]
     assert judge["eval_seeds"] == [0, 1]
     scores = judge["generated_prior_motion"]
