@@ -138,8 +138,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         content_still_frames: at image -> sequence generation the content posterior reads the
             single frame as a still clip of this many frames (set it to the training clip
             length; 1 reads it as a one-frame clip). The paper does not say how its LSTM reads one
-            frame; measured on the shipped CPU model (2664 test clips): 16-frame SSIM 0.911 read
-            once, 0.913 as a still 8-frame clip, 0.906 with the content of the real clip.
+            frame; measured on the shipped CPU model (2664 test clips): 16-frame SSIM 0.919 read
+            once, 0.920 as a still 8-frame clip, 0.919 with the content of the real clip.
         judge_checkpoint: a ``SequenceJudgeModule`` checkpoint; enables the Table 2 scores.
         eval_seeds: seeds of the stochastic evaluations (prior samples, swap pairing).
         val_generation: also score ``generation_length``-frame generation at validation.
