@@ -89,11 +89,6 @@ def per_frame_scores(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
     return {k: v.reshape(b, t) for k, v in (("ssim", ssim), ("psnr", psnr), ("mse", mse))}
 
 
-def per_clip_scores(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
-    """``per_frame_scores`` averaged over each clip's frames: ``(b,)`` each."""
-    return {k: v.mean(1) for k, v in per_frame_scores(pred, target).items()}
-
-
 def repeat_clip(clip: Tensor, length: int) -> Tensor:
     """The clip ``(b, T, ...)`` repeated periodically to ``length`` frames (the §4.1 ground truth)."""
     idx = torch.arange(length, device=clip.device) % clip.shape[1]
@@ -396,25 +391,26 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             self.ssim_breakdown["frames_beyond_clip"].update(ssim[:, clip_length:].mean(1))
 
     def _breakdown_results(self) -> dict[str, dict[str, float]]:
-        names = self._action_names()
+        """``{label: {mean, std, clips}}`` of the ``ssim_breakdown`` entries that saw clips (all ranks)."""
+        labels = self._action_labels()
         out = {}
         for key, metric in self.ssim_breakdown.items():
             if metric.update_count:
-                stats, count = metric.compute(), int(metric.count)
-                label = names[int(key.split("_")[1])] if key.startswith("action_") else key
-                if count:
-                    out[label] = {"mean": float(stats["mean"]), "std": float(stats["std"]), "clips": count}
+                stats = metric.compute()
+                if metric.count:
+                    out[labels.get(key, key)] = {"mean": float(stats["mean"]), "std": float(stats["std"]), "clips": int(metric.count)}
             metric.reset()
         return out
 
-    def _action_names(self) -> list[str]:
-        K = self.hparams.num_actions
+    def _action_labels(self) -> dict[str, str]:
+        """``action_k`` -> its printed label, with the action's name on DSVAE Sprites."""
+        keys = [f"action_{k}" for k in range(self.hparams.num_actions)]
         if self._is_sprites():
             from datamodules.dsvae_sprites import ACTIONS
 
-            if len(ACTIONS) == K:
-                return [f"action_{k} ({name})" for k, name in enumerate(ACTIONS)]
-        return [f"action_{k}" for k in range(K)]
+            if len(ACTIONS) == len(keys):
+                return {key: f"{key} ({name})" for key, name in zip(keys, ACTIONS)}
+        return {key: key for key in keys}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")

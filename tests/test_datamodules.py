@@ -135,7 +135,6 @@ def test_looped_windows_wrap_around_the_animation_cycle(cache_dir):
     torch.testing.assert_close(item["frames"][8:], item["frames"][:4])
 
 
-
 def test_train_num_frames_gives_whole_cycles_from_frame_zero(cache_dir):
     """``train_num_frames: 9`` with ``looped`` and no random start: every training window is the
     clip's frames 0..7 then frame 0 again; val/test windows keep ``num_frames``."""
@@ -153,6 +152,7 @@ def test_train_num_frames_gives_whole_cycles_from_frame_zero(cache_dir):
     unlooped = ActionSequenceDataModule(DSVAESprites(), train_num_frames=9, num_workers=0, cache_dir=cache_dir)
     with pytest.raises(ValueError, match="shorter than train_num_frames=9.*--data.init_args.train_num_frames"):
         unlooped.setup("fit")
+
 
 def test_batch_size_must_divide_across_ranks(cache_dir):
     dm = PairFramesDataModule(MovingMNIST(val_clips=32, test_clips=32), batch_size=6, eval_batch_size=4,
