@@ -46,10 +46,15 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.image import peak_signal_noise_ratio
+from torch.utils.data import default_collate
+
+from backbone.hamiltonian import embed_subspace
 
 from backbone.motion_vae import MotionVAE
 from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, time_budget, write_results
+from lightning_modules.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
 from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 
 GPU_SCALE_PARAMS = 20_000_000
@@ -69,7 +74,8 @@ PUBLISHED_JUDGE = {
 #: Paper 004 Table 2(b): attribute accuracy when the motion is changed (Sprites).
 PUBLISHED_ATTRIBUTES = {"skin": 0.925, "top": 0.948, "pants": 0.968, "hair": 0.992}
 GEN_METRICS = ("ssim", "psnr", "mse")
-EVAL_OPTIONS = ("generation_length", "content_still_frames", "judge_checkpoint", "eval_seeds", "val_generation")
+MOTION_KL = ("reference", "all_frames")
+EVAL_OPTIONS = ("generation_length", "content_still_frames", "judge_checkpoint", "eval_seeds", "val_generation", "probe_clips")
 GEN_VARIANTS = ("gen", "gen_one_frame", "gen_clip_content", "recon")
 JUDGE_METRICS = ("accuracy", "inception_score", "entropy_conditional", "entropy_marginal")
 
@@ -128,6 +134,21 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             frame vs 0.888 with the clip's content). Any ``q`` keeps eq. 17 a valid bound;
             0 (default) is the paper's whole-clip posterior. Off in every config: in the CPU
             budget 0.5 gave no gain (val SSIM 0.825 vs 0.830 at step 2250 of 4500).
+        motion_kl: where the KL of the motion state enters the loss: ``"reference"`` (eq. 17: the
+            reference frame's ``q``, ``p`` only) or ``"all_frames"`` (the sum over every frame's
+            posterior, as in the authors' released code). The reference frame is the only frame
+            the content ``z`` is not also paid for once, so with eq. 17 information that does not
+            change over the clip (the view, the appearance) costs the same in ``s`` as in ``z``;
+            summed over ``T`` frames it costs ``T`` times more in ``s``.
+        motion_kl_weight: weight of the motion KL (1: the ELBO).
+        state_consistency: weight of ``Σ_t ||exp((t - t_ref) H) μ_ref - μ_t||²`` between the
+            reference frame's posterior mean unrolled and the posterior mean of every frame, in the likelihood's units (as in the authors' released
+            code; 0 = off, the paper). It makes the frame encoder equivariant to the flow, so
+            each frame's posterior (and its KL under ``"all_frames"``) is about the states decoded.
+        swap_consistency: weight of the motion-swap cycle terms (``MotionVAE.swap_consistency``;
+            0 = off, the paper): each training clip's motion is rendered with the content of another
+            clip of the batch on ``swap_frames`` random frames, and both must be read back.
+        swap_frames: frames per clip that the swap cycle renders (its cost grows with them).
         channels_last: channels-last memory format for the convolutions (faster on CPU).
         generation_length: frames generated from the first frame at val/test (paper 16).
         content_still_frames: at image -> sequence generation the content posterior reads the
@@ -138,6 +159,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         judge_checkpoint: a ``SequenceJudgeModule`` checkpoint; enables the Table 2 scores.
         eval_seeds: seeds of the stochastic evaluations (prior samples, swap pairing).
         val_generation: also score ``generation_length``-frame generation at validation.
+        probe_clips: training clips the test-stage leakage probes and the aggregate-posterior
+            statistics are fitted on (``lightning_modules.disentanglement``; 0 skips them).
     """
 
     def __init__(
@@ -166,12 +189,18 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         operator_lr: float | None = None,
         lr_schedule: str = "constant",
         content_subclip_prob: float = 0.0,
+        motion_kl: str = "reference",
+        motion_kl_weight: float = 1.0,
+        state_consistency: float = 0.0,
+        swap_consistency: float = 0.0,
+        swap_frames: int = 3,
         channels_last: bool = False,
         generation_length: int = 16,
         content_still_frames: int = 8,
         judge_checkpoint: str | None = None,
         eval_seeds: list[int] = [0, 1, 2],
         val_generation: bool = True,
+        probe_clips: int = 3000,
     ) -> None:
         super().__init__()
         if alpha <= 0:
@@ -180,10 +209,19 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             raise ValueError(f"generation_length must be >= 1, got {generation_length}.")
         if content_still_frames < 1:
             raise ValueError(f"content_still_frames must be >= 1, got {content_still_frames}.")
+        if probe_clips < 0:
+            raise ValueError(f"probe_clips must be >= 0 (0 skips the leakage probes), got {probe_clips}.")
         if not eval_seeds:
             raise ValueError("eval_seeds must list at least one seed.")
         if not 0.0 <= content_subclip_prob <= 1.0:
             raise ValueError(f"content_subclip_prob must be in [0, 1], got {content_subclip_prob}.")
+        if motion_kl not in MOTION_KL:
+            raise ValueError(f"motion_kl must be one of {MOTION_KL}, got {motion_kl!r}.")
+        if swap_frames < 1:
+            raise ValueError(f"swap_frames must be >= 1, got {swap_frames}.")
+        for name, value in (("motion_kl_weight", motion_kl_weight), ("state_consistency", state_consistency), ("swap_consistency", swap_consistency)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
         # Evaluation options are attributes, not hyper-parameters: LightningCLI re-applies a
@@ -192,7 +230,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         self.save_hyperparameters(ignore=list(EVAL_OPTIONS))
         self.judge_checkpoint, self.eval_seeds = judge_checkpoint, list(eval_seeds)
         self.generation_length, self.val_generation = generation_length, val_generation
-        self.content_still_frames = content_still_frames
+        self.content_still_frames, self.probe_clips = content_still_frames, probe_clips
         self.model = MotionVAE(
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
@@ -301,18 +339,41 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
     def elbo_terms(
         self, frames: Tensor, action: Tensor, reference: Tensor, content_index: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Per-clip terms of eq. 17 (``nll``, ``kl_z``, ``kl_q``, ``kl_p``; ``(b,)``) and ``recon``."""
+        """Per-clip terms of eq. 17 (``nll``, ``kl_z``, ``kl_q``, ``kl_p``; ``(b,)``), the optional
+        ``consistency`` term and ``recon``. ``kl_q`` / ``kl_p`` follow ``motion_kl``."""
+        hp = self.hparams
         out = self.model(frames, action, reference, sample=True, content_index=content_index)
         recon = out["recon"].float()
         residual = 2.0 * (recon - frames.float())  # paper units: images in [-1, 1]
-        nll = residual.square().flatten(1).sum(1) / (2.0 * self.hparams.alpha**2)
-        return {
-            "nll": nll,
-            "kl_z": out["posterior"].z.kl_standard_normal(),
-            "kl_q": out["q_ref"].kl_standard_normal(),
-            "kl_p": out["p_ref"].kl_standard_normal(),
-            "recon": recon,
-        }
+        nll = residual.square().flatten(1).sum(1) / (2.0 * hp.alpha**2)
+        post = out["posterior"]
+        if hp.motion_kl == "all_frames":
+            kl_q, kl_p = post.q.kl_standard_normal().sum(1), post.p.kl_standard_normal().sum(1)
+        else:
+            kl_q, kl_p = out["q_ref"].kl_standard_normal(), out["p_ref"].kl_standard_normal()
+        terms = {"nll": nll, "kl_z": post.z.kl_standard_normal(), "kl_q": kl_q, "kl_p": kl_p, "recon": recon}
+        if hp.state_consistency > 0:
+            # the reference frame's posterior mean unrolled vs every frame's posterior mean (b, T, 2d)
+            offsets = torch.arange(frames.shape[1], device=frames.device)[None] - reference[:, None]
+            unrolled = self.model.rollout(torch.cat([out["q_ref"].mu, out["p_ref"].mu], -1), action, offsets)
+            means = torch.cat([post.q.mu, post.p.mu], -1)
+            terms["consistency"] = (unrolled - means).square().flatten(1).sum(1)
+        if hp.swap_consistency > 0 and self.training and frames.shape[0] > 1:
+            T = frames.shape[1]
+            index = torch.randperm(T, device=frames.device)[: min(hp.swap_frames, T)].sort().values
+            cycle = self.model.swap_consistency(frames, action, out["states"], out["z"], index)
+            terms["swap_motion"], terms["swap_content"] = cycle["motion"], cycle["content"]
+        return terms
+
+    def loss_from_terms(self, terms: dict[str, Tensor]) -> Tensor:
+        """``-ELBO`` (weighted as configured) averaged over clips."""
+        hp = self.hparams
+        loss = terms["nll"] + terms["kl_z"] + hp.motion_kl_weight * (terms["kl_q"] + terms["kl_p"])
+        if "consistency" in terms:
+            loss = loss + hp.state_consistency * terms["consistency"]
+        if "swap_motion" in terms:
+            loss = loss + hp.swap_consistency * (terms["swap_motion"] + terms["swap_content"])
+        return loss.mean()
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         frames, action = batch["frames"], batch["action"]
@@ -320,8 +381,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         reference = torch.randint(0, T, (b,), device=frames.device)  # eq. 11
         content_index = self._content_subclip(b, T, frames.device) if stage == "train" else None
         terms = self.elbo_terms(frames, action, reference, content_index)
-        loss = (terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"]).mean()
-        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p")}
+        loss = self.loss_from_terms(terms)
+        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p", "consistency", "swap_motion", "swap_content") if k in terms}
         logs[f"{stage}/mse"] = F.mse_loss(terms["recon"], frames.float())
         train = stage == "train"
         if train:
@@ -428,7 +489,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
 
     # ------------------------------------------------------------------ test
     def on_test_start(self) -> None:
-        self._grid_examples = None
+        self._grid_examples = self._disentangle_examples = None
+        self._latents: dict[str, list[Tensor]] = {}
         self._judge = []
         self.judge_metrics = None
         path = self.judge_checkpoint
@@ -454,16 +516,39 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             metrics[f"attr_swap_{seed}"] = MultiHeadAccuracy(n_attr)
         metrics["real"] = ClassifierScores(expect)
         metrics["attr_real"] = MultiHeadAccuracy(n_attr)
+        metrics["prior_confusion"] = MulticlassConfusionMatrix(expect)  # [target, judged], all seeds
+        for key in ("own_reconstruction", "real_motion_same_view", "real_motion_any_view"):
+            metrics[key] = ClassifierScores(expect)
+        metrics["attr_own_reconstruction"] = MultiHeadAccuracy(n_attr)
         self.judge_metrics = nn.ModuleDict(metrics).to(self.device)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         if batch_idx == 0:
             self._grid_examples = self._example_grid(batch)
+            self._disentangle_examples = self._disentangle_grid(batch)
         self._update_generation(batch, "test", both=True)
+        latents = self._clip_latents(batch)
+        if "attributes" in batch and self.probe_clips:
+            for k, v in latents.items():
+                self._latents.setdefault(k, []).append(v)
         if self._judge:
-            self._update_judge(batch, batch_idx)
+            self._update_judge(batch, batch_idx, latents["z"])
 
-    def _update_judge(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def _clip_latents(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Posterior means of the clips' content ``z (b, |Z|)`` and first-frame motion state
+        ``s_mu, s_log_sigma (b, 2d)`` (where image -> sequence reads it), every frame's state
+        ``s_all_mu, s_all_log_sigma (b, T, 2d)``, and the labels the probes read."""
+        frames, action = batch["frames"], batch["action"]
+        post = self.model.posterior(frames, action)
+        mu = torch.cat([post.q.mu, post.p.mu], -1)
+        log_sigma = torch.cat([post.q.log_sigma, post.p.log_sigma], -1)
+        out = {"z": post.z.mu, "s_mu": mu[:, 0], "s_log_sigma": log_sigma[:, 0], "s_all_mu": mu, "s_all_log_sigma": log_sigma, "action": action}
+        view = batch.get("view", torch.zeros_like(action))
+        if "attributes" in batch:
+            out["targets"] = torch.cat([batch["attributes"], view[:, None]], 1)
+        return out
+
+    def _update_judge(self, batch: dict[str, Tensor], batch_idx: int, z: Tensor) -> None:
         judge, metrics = self._judge[0], self.judge_metrics
         frames, action = batch["frames"], batch["action"]
         b, T = frames.shape[:2]
@@ -473,7 +558,6 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         metrics["real"].update(real["label"], batch.get("label", self._views * action + view))
         if attrs is not None:
             metrics["attr_real"].update(real["attributes"], attrs)
-        z = self.model.content(self.model.encode_frames(frames)).mu  # content of the real clips
         K, d = self.hparams.num_actions, self.hparams.position_dim
         for seed in self.eval_seeds:
             gen = torch.Generator(device=self.device).manual_seed(
@@ -486,12 +570,42 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 clips = self.model.decode_states(z, states, ak).clamp(0, 1)
                 probs = judge.probabilities(clips)
                 metrics[f"prior_{seed}"].update(probs["label"], self._views * k + view)
+                metrics["prior_confusion"].update(probs["label"].argmax(1), self._views * k + view)
                 if attrs is not None:
                     metrics[f"attr_prior_{seed}"].update(probs["attributes"], attrs)
             if attrs is not None and b > 1:
                 perm = torch.randperm(b, generator=gen, device=self.device)
                 ab, _ = self.model.swap_motion(frames, frames[perm], action, action[perm])
                 metrics[f"attr_swap_{seed}"].update(judge.probabilities(ab)["attributes"], attrs)
+        self._update_judge_ceilings(frames, action, view, attrs)
+
+    def _update_judge_ceilings(self, frames: Tensor, action: Tensor, view: Tensor, attrs: Tensor | None) -> None:
+        """What the judge reads from the model's own renders, without any change of motion (the
+        decoder's ceiling for Table 2b), and from real motion of another test clip of the same
+        action (same view, and any view; the ceiling of prior-motion generation: no prior involved)."""
+        judge, metrics = self._judge[0], self.judge_metrics
+        label = self._views * action + view
+        own = judge.probabilities(self.model.reconstruct(frames, action))  # the swap's rendering path, own motion
+        metrics["own_reconstruction"].update(own["label"], label)
+        if attrs is not None:
+            metrics["attr_own_reconstruction"].update(own["attributes"], attrs)
+        gen = torch.Generator(device=self.device).manual_seed(int(self.eval_seeds[0]))
+        for same_view, key in ((True, "real_motion_same_view"), (False, "real_motion_any_view")):
+            partner = self._partners(action, view if same_view else None, gen)
+            keep = partner >= 0
+            if keep.any():
+                ab, _ = self.model.swap_motion(frames[keep], frames[partner[keep]], action[keep], action[partner[keep]])
+                metrics[key].update(judge.probabilities(ab)["label"], label[keep])
+
+    def _partners(self, action: Tensor, view: Tensor | None, gen: torch.Generator) -> Tensor:
+        """For each clip a random other clip of the batch with the same action (and ``view`` if given); -1 if none."""
+        same = action[:, None] == action[None]
+        if view is not None:
+            same &= view[:, None] == view[None]
+        same.fill_diagonal_(False)
+        scores = torch.rand(same.shape, generator=gen, device=action.device).masked_fill(~same, -1.0)
+        best = scores.argmax(1)
+        return torch.where(same.any(1), best, torch.full_like(best, -1))
 
     def on_test_epoch_end(self) -> None:
         results: dict[str, object] = {"num_test_clips": None, "generation_length": self.generation_length}
@@ -523,6 +637,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         judge_rows = attr_rows = None
         if self._judge and self.judge_metrics is not None:
             judge_rows, attr_rows = self._judge_results(results)
+        if self._latents:
+            results["disentanglement"] = self._disentanglement_results()
         self._report(results, gen, judge_rows, attr_rows)
 
     def _example_grid(self, batch: dict[str, Tensor], num: int = 4) -> Tensor:
@@ -549,6 +665,11 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         with atomic_output(path) as tmp:
             save_image(grid, tmp, nrow=self.generation_length, padding=1, pad_value=1.0)
         self._grid_examples = None
+        if self._disentangle_examples is not None:
+            images, length = self._disentangle_examples
+            with atomic_output(Path(out_dir) / "test_prior_and_swap.png") as tmp:
+                save_image(images, tmp, nrow=length, padding=1, pad_value=1.0)
+            self._disentangle_examples = None
         return path
 
     def _judge_results(self, results: dict) -> tuple[dict, dict]:
@@ -571,20 +692,118 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 self.log(f"test/attr_{kind}_{n}", attr[kind][n]["mean"])
         real = {k: float(v) for k, v in metrics["real"].compute().items()}
         real_attr = metrics["attr_real"].compute().tolist() if metrics["attr_real"].update_count else []
+        confusion = action_view_confusion(metrics["prior_confusion"].compute().cpu(), self.hparams.num_actions, self._views)
+        ceilings = {key: {k: float(v) for k, v in metrics[key].compute().items()} for key in ("own_reconstruction", "real_motion_same_view", "real_motion_any_view") if metrics[key].update_count}
+        own_attr = metrics["attr_own_reconstruction"].compute().tolist() if metrics["attr_own_reconstruction"].update_count else []
         results["judge"] = {
             "checkpoint": str(self.judge_checkpoint),
             "eval_seeds": seeds,
             "generated_prior_motion": summary,
             "attribute_accuracy_motion_changed": attr,
             "judge_on_real_test_clips": {**real, "attributes": dict(zip(names, real_attr))},
+            "prior_motion_action_view": confusion,
+            "ceilings": {**ceilings, "attributes_own_reconstruction": dict(zip(names, own_attr))},
         }
         for module in metrics.values():
             module.reset()
         judge_rows = {"ours (prior motion, real content)": {m: _pm(summary[m]["mean"], summary[m]["std"]) for m in JUDGE_METRICS}}
+        ceiling_labels = {
+            "real_motion_any_view": "diagnostic: real motion of a clip of the same action",
+            "real_motion_same_view": "diagnostic: ... of the same action and view",
+            "own_reconstruction": "diagnostic: own reconstruction (decoder ceiling)",
+        }
+        for key, name in ceiling_labels.items():
+            if key in ceilings:
+                judge_rows[name] = {m: _pm(ceilings[key][m], None) for m in JUDGE_METRICS}
         judge_rows["judge on real test clips"] = {m: _pm(real[m], None) for m in JUDGE_METRICS}
         attr_rows = {f"ours ({'motion swapped' if k == 'swap' else 'prior motion'})": {n: _pm(v[n]["mean"], v[n]["std"]) for n in names} for k, v in attr.items()}
-        attr_rows["judge on real test clips"] = {n: _pm(a, None) for n, a in zip(names, real_attr)}
+        if own_attr:
+            attr_rows["own reconstruction, no motion change (decoder ceiling)"] = {n: _pm(a, None) for n, a in zip(names, own_attr)}
+        attr_rows["judge on real test clips (ceiling)"] = {n: _pm(a, None) for n, a in zip(names, real_attr)}
         return judge_rows, attr_rows
+
+    def _gathered_latents(self) -> dict[str, Tensor]:
+        """The test clips' latents of every rank, ``(n, ...)`` each."""
+        out = {}
+        for key, parts in self._latents.items():
+            x = torch.cat(parts)
+            if self.trainer.world_size > 1:
+                x = self.all_gather(x).flatten(0, 1)
+            out[key] = x.cpu()
+        self._latents = {}
+        return out
+
+    def _training_latents(self, num_clips: int) -> dict[str, Tensor]:
+        """``_clip_latents`` of ``num_clips`` training clips (seeded choice; val/test windows:
+        ``num_frames`` frames from frame 0), for the probes' fit and the aggregate posterior."""
+        dm = self.trainer.datamodule
+        clips = dm.source.dataset("train", dm.assets_root, dm.cache_dir)
+        view = dm.make_view(clips, "val")
+        keys = torch.randperm(len(view), generator=torch.Generator().manual_seed(0))[:num_clips].tolist()
+        parts: dict[str, list[Tensor]] = {}
+        with self._eval_mode():
+            for start in range(0, len(keys), 64):
+                batch = default_collate([view[k] for k in keys[start : start + 64]])
+                batch = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
+                for k, v in self._clip_latents(batch).items():
+                    parts.setdefault(k, []).append(v.cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def _disentanglement_results(self) -> dict:
+        """Leakage probes (attributes and view read linearly from ``s`` and from ``z``, fitted on
+        training clips, scored on test clips) and the aggregate posterior of ``s`` against N(0, I)."""
+        test = self._gathered_latents()
+        train = self._training_latents(self.probe_clips)
+        K = self.hparams.num_actions
+        names = [*self._attribute_names(test["targets"].shape[1] - 1), "view"]
+        probes: dict[str, dict[str, float]] = {"motion s": {}, "content z": {}, "chance": {}}
+        for i, name in enumerate(names):
+            classes = int(max(train["targets"][:, i].max(), test["targets"][:, i].max())) + 1
+            ytr, yte = train["targets"][:, i], test["targets"][:, i]
+            s_tr, s_te = embed_subspace(train["s_mu"], train["action"], K), embed_subspace(test["s_mu"], test["action"], K)
+            probes["motion s"][name] = linear_probe_accuracy(s_tr, ytr, s_te, yte, classes)
+            probes["content z"][name] = linear_probe_accuracy(train["z"], ytr, test["z"], yte, classes)
+            probes["chance"][name] = float(torch.bincount(yte, minlength=classes).max()) / len(yte)
+        spread = posterior_spread(
+            train["s_all_mu"].flatten(0, 1), train["s_all_log_sigma"].flatten(0, 1),
+            train["action"].repeat_interleave(train["s_all_mu"].shape[1]), K,
+        )
+        first = posterior_spread(train["s_mu"], train["s_log_sigma"], train["action"], K)
+        return {
+            "probe_train_clips": int(train["z"].shape[0]),
+            "probe_test_clips": int(test["z"].shape[0]),
+            "leakage_probe_accuracy": probes,
+            "posterior_vs_prior_all_frames": spread,
+            "posterior_vs_prior_first_frame": first,
+        }
+
+    def _attribute_names(self, count: int) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None)
+        names = list(getattr(dm, "attribute_names", ()) or ())
+        return names if len(names) == count else [f"attribute_{i}" for i in range(count)]
+
+    def _disentangle_grid(self, batch: dict[str, Tensor], num: int = 3) -> tuple[Tensor, int] | None:
+        """Rows per example clip ``a`` (with the next example ``b``): ``a``; prior motion ``s_1 ~ N(0, I)``
+        of every action with ``a``'s content; ``b``; content ``a`` + motion ``b`` (motion swap)."""
+        frames, action = batch["frames"], batch["action"]
+        n = min(num + 1, frames.shape[0])
+        if n < 2:
+            return None
+        idx = torch.linspace(0, frames.shape[0] - 1, n, device=frames.device).round().long()
+        a, b = frames[idx[:-1]], frames[idx[1:]]
+        act_a, act_b = action[idx[:-1]], action[idx[1:]]
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        with self._eval_mode():
+            z = self.model.content(self.model.encode_frames(a)).mu
+            T, K, d = a.shape[1], self.hparams.num_actions, self.hparams.position_dim
+            priors = []
+            for k in range(K):
+                ak = torch.full_like(act_a, k)
+                s1 = torch.randn(a.shape[0], 2 * d, generator=gen, device=self.device, dtype=z.dtype)
+                priors.append(self.model.decode_states(z, self.model.rollout(s1, ak, torch.arange(T, device=self.device)), ak))
+            ab, _ = self.model.swap_motion(a, b, act_a, act_b)
+        rows = [torch.stack([a[i], *[p[i] for p in priors], b[i], ab[i]]) for i in range(a.shape[0])]
+        return torch.cat(rows).flatten(0, 1).clamp(0, 1).float().cpu(), T  # (rows * T, 3, h, w), frames per row
 
     def _report(self, results: dict, gen: dict, judge_rows: dict | None, attr_rows: dict | None) -> None:
         sprites = self._is_sprites()
@@ -628,6 +847,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             if sprites:
                 attr_rows["paper H (Table 2b)"] = {n: _pm(PUBLISHED_ATTRIBUTES[n], None) for n in attr_names if n in PUBLISHED_ATTRIBUTES}
             tables.append(format_table("Attribute accuracy when the motion is changed", attr_rows, attr_names))
+        tables += self._disentanglement_tables(results)
         results["config"] = {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
         results["config"].update({k: getattr(self, k) for k in EVAL_OPTIONS})
         out_dir = run_dir(self.trainer)
@@ -640,6 +860,40 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 f"{self.generation_length} frames, then {self.generation_length} frames generated from its first frame "
                 f"with its own action and then with each other action."
             )
+
+    def _disentanglement_tables(self, results: dict) -> list[str]:
+        """Printed forms of the action x view confusion, the leakage probes and the posterior spread."""
+        tables = []
+        confusion = results.get("judge", {}).get("prior_motion_action_view")
+        labels = self._action_labels()
+        if confusion:
+            rows = {}
+            for key, c in confusion.items():
+                row = {"accuracy": _pm(c["accuracy"], None), "action": _pm(c["action_accuracy"], None), "view": _pm(c["view_accuracy"], None)}
+                row.update({f"judged a{a}": f"{v:.3f}" for a, v in enumerate(c["judged_action"])})
+                rows[labels.get(key, key)] = row
+            cols = ["accuracy", "action", "view", *[f"judged a{a}" for a in range(self.hparams.num_actions)]]
+            tables.append(format_table("Prior-motion generations judged as action x view (all seeds; JSON: the full matrices)", rows, cols))
+        diag = results.get("disentanglement")
+        if diag:
+            probes = diag["leakage_probe_accuracy"]
+            cols = list(probes["chance"])
+            tables.append(format_table(
+                f"Leakage: linear probes fitted on {diag['probe_train_clips']} training clips, scored on {diag['probe_test_clips']} "
+                f"test clips (ideal: chance from s, 1.0 from z)",
+                {k: {c: f"{v[c]:.3f}" for c in cols} for k, v in probes.items()}, cols,
+            ))
+            rows = {}
+            for where in ("all_frames", "first_frame"):
+                for key, st in diag[f"posterior_vs_prior_{where}"].items():
+                    eig = st["mean_eigenvalues"]
+                    rows[f"{labels.get(key, key)}, {where.replace('_', ' ')}"] = {
+                        "|mean|": f"{st['mean_norm']:.2f}", "eig min": f"{eig[0]:.3f}", "eig median": f"{eig[len(eig) // 2]:.3f}",
+                        "eig max": f"{eig[-1]:.2f}", "KL/dim": f"{st['kl_per_dim']:.2f}", "aggregate KL/dim": f"{st['aggregate_kl_per_dim']:.2f}",
+                    }
+            cols = ["|mean|", "eig min", "eig median", "eig max", "KL/dim", "aggregate KL/dim"]
+            tables.append(format_table("Posterior of s on training clips vs the N(0, I) prior (eigenvalues of the covariance of the posterior means; prior: 1)", rows, cols))
+        return tables
 
     def _is_sprites(self) -> bool:
         dm = getattr(self.trainer, "datamodule", None)

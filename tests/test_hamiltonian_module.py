@@ -99,9 +99,11 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     run = cli.main([
         "test", *base, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "0.003", "--data.init_args.eval_batch_size", "6",
         "--model.init_args.judge_checkpoint", str(judge_checkpoint), "--model.init_args.eval_seeds", "[0, 1]",
+        "--model.init_args.probe_clips", "12",
     ])  # fmt: skip
     results = json.loads((Path(run.trainer.log_dir) / "test_results.json").read_text())
     assert (Path(run.trainer.log_dir) / "test_generations.png").is_file()
+    assert (Path(run.trainer.log_dir) / "test_prior_and_swap.png").is_file()
     assert results["num_test_clips"] == 6 and results["generation_length"] == 16
     for variant in ("gen", "gen_one_frame", "gen_clip_content", "recon"):
         g = results["generation"][variant]
@@ -121,6 +123,19 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     assert 1 <= scores["inception_score"]["mean"] <= 9 + 1e-4
     assert 0 <= scores["entropy_marginal"]["mean"] <= torch.log(torch.tensor(9.0)).item() + 1e-4
     assert set(judge["attribute_accuracy_motion_changed"]["swap"]) == {"skin", "pants", "top", "hair"}
+    # where disentanglement fails: action x view of prior motion, the judge's ceilings, leakage, prior vs posterior
+    confusion = judge["prior_motion_action_view"]
+    assert set(confusion) == {"action_0", "action_1", "action_2"}
+    assert sum(c["generations"] for c in confusion.values()) == 6 * 3 * 2  # clips x actions x seeds
+    assert all(abs(sum(c["judged_action"]) - 1) < 1e-6 and 0 <= c["accuracy"] <= c["action_accuracy"] for c in confusion.values())
+    assert set(judge["ceilings"]["attributes_own_reconstruction"]) == {"skin", "pants", "top", "hair"}
+    assert 0 <= judge["ceilings"]["own_reconstruction"]["accuracy"] <= 1
+    diag = results["disentanglement"]
+    assert diag["probe_train_clips"] == 12 and diag["probe_test_clips"] == 6
+    assert set(diag["leakage_probe_accuracy"]["motion s"]) == {"skin", "pants", "top", "hair", "view"}
+    assert all(0 <= v <= 1 for row in diag["leakage_probe_accuracy"].values() for v in row.values())
+    for stats in diag["posterior_vs_prior_all_frames"].values():
+        assert len(stats["mean_eigenvalues"]) == 12 and stats["kl_per_dim"] >= 0  # 2d = 12 per subspace
     assert "test/judge_accuracy" in run.trainer.logged_metrics and "test/ssim" in run.trainer.logged_metrics
 
 

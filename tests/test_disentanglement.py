@@ -1,0 +1,111 @@
+"""Disentanglement diagnostics (lightning_modules.disentanglement) and the motion-KL / consistency
+options of the Hamiltonian ELBO."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
+from lightning_modules.hamiltonian_module import HamiltonianMotionModule
+
+TINY = dict(content_dim=16, frame_dim=16, image_size=64, encoder_channels=[8, 8, 8, 8], encoder_strides=[2, 2, 2, 2],
+            encoder_hidden=[32], decoder_hidden=[32], decoder_channels=[8, 8, 8, 8], decoder_strides=[2, 2, 2, 2],
+            kernel_size=3)  # fmt: skip
+
+
+def test_linear_probe_reads_a_linear_code_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (600,), generator=g)
+    code = torch.nn.functional.one_hot(y, 4).double() @ torch.randn(4, 10, generator=g, dtype=torch.float64)
+    x = code + 0.05 * torch.randn(600, 10, generator=g, dtype=torch.float64)
+    assert linear_probe_accuracy(x[:400], y[:400], x[400:], y[400:], 4) == 1.0
+    noise = torch.randn(600, 10, generator=g)
+    assert linear_probe_accuracy(noise[:400], y[:400], noise[400:], y[400:], 4) < 0.4  # chance 0.25
+    with torch.inference_mode():  # the test stage: inference tensors in, still fits
+        assert linear_probe_accuracy(x[:400].clone(), y[:400], x[400:], y[400:], 4) == 1.0
+
+
+def test_posterior_spread_of_a_posterior_that_matches_the_prior():
+    g = torch.Generator().manual_seed(0)
+    n, dim, sigma = 20000, 4, 0.6
+    mu = torch.randn(n, dim, generator=g) * math.sqrt(1 - sigma**2)  # aggregate = N(0, I)
+    log_sigma = torch.full((n, dim), math.log(sigma))
+    stats = posterior_spread(mu, log_sigma, torch.zeros(n, dtype=torch.long), num_actions=2)
+    assert set(stats) == {"action_0"}  # no clips of action 1
+    s = stats["action_0"]
+    assert s["aggregate_kl_per_dim"] == pytest.approx(0.0, abs=2e-3)
+    assert s["mean_eigenvalues"] == pytest.approx([1 - sigma**2] * dim, abs=0.03)
+    assert s["aggregate_eigenvalues"] == pytest.approx([1.0] * dim, abs=0.03)
+    kl = 0.5 * (1 - sigma**2 + sigma**2) - math.log(sigma) - 0.5  # E[KL(q || N(0, 1))] per dim
+    assert s["kl_per_dim"] == pytest.approx(kl, abs=0.02)
+    # collapsed and overfull directions
+    shifted = posterior_spread(3 * mu + 2, log_sigma, torch.zeros(n, dtype=torch.long), 1)["action_0"]
+    assert shifted["mean_norm"] == pytest.approx(4.0, abs=0.05) and shifted["aggregate_kl_per_dim"] > 1
+
+
+def test_action_view_confusion_tells_the_action_from_the_view():
+    A, V = 3, 3
+    perfect = torch.diag(torch.full((9,), 10.0))
+    out = action_view_confusion(perfect, A, V)
+    assert all(out[f"action_{k}"]["accuracy"] == 1.0 for k in range(A))
+    # action right, view always shifted by one
+    c = torch.zeros(9, 9)
+    for a in range(A):
+        for v in range(V):
+            c[V * a + v, V * a + (v + 1) % V] = 5
+    out = action_view_confusion(c, A, V)["action_1"]
+    assert out["accuracy"] == 0 and out["action_accuracy"] == 1 and out["view_accuracy"] == 0
+    assert out["judged_action"] == [0.0, 1.0, 0.0] and out["generations"] == 15
+    assert torch.tensor(out["matrix"]).sum(1).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_motion_kl_over_all_frames_and_state_consistency(cache_dir):
+    torch.manual_seed(0)
+    frames = torch.rand(2, 5, 3, 64, 64)
+    action, reference = torch.tensor([0, 2]), torch.tensor([1, 3])
+    ref_model = HamiltonianMotionModule(**TINY)
+    all_model = HamiltonianMotionModule(**TINY, motion_kl="all_frames", motion_kl_weight=2.0, state_consistency=0.5)
+    all_model.load_state_dict(ref_model.state_dict())
+    torch.manual_seed(1)
+    t_ref = ref_model.elbo_terms(frames, action, reference)
+    torch.manual_seed(1)
+    t_all = all_model.elbo_terms(frames, action, reference)
+    post = ref_model.model.posterior(frames, action)
+    assert torch.allclose(t_all["kl_q"], post.q.kl_standard_normal().sum(1), atol=1e-4)
+    rows = torch.arange(2)
+    assert torch.allclose(t_ref["kl_q"], post.q.kl_standard_normal()[rows, reference], atol=1e-4)
+    assert "consistency" not in t_ref and (t_all["consistency"] >= 0).all()
+    expect = (t_all["nll"] + t_all["kl_z"] + 2.0 * (t_all["kl_q"] + t_all["kl_p"]) + 0.5 * t_all["consistency"]).mean()
+    assert torch.allclose(all_model.loss_from_terms(t_all), expect)
+    # consistency: zero exactly when every frame's posterior mean is the reference mean unrolled
+    mu = torch.cat([post.q.mu, post.p.mu], -1)
+    offsets = torch.arange(5)[None] - reference[:, None]
+    unrolled = ref_model.model.rollout(mu[rows, reference], action, offsets)
+    assert torch.allclose(t_all["consistency"], (unrolled - mu).square().flatten(1).sum(1), atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [dict(motion_kl="every"), dict(motion_kl_weight=-1.0), dict(state_consistency=-0.1), dict(probe_clips=-1)])
+def test_bad_disentanglement_options_are_refused(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        HamiltonianMotionModule(**TINY, **bad)
+
+
+def test_swap_consistency_trains_the_decoder_on_swapped_pairs():
+    torch.manual_seed(0)
+    frames = torch.rand(3, 4, 3, 64, 64)
+    action, reference = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3])
+    module = HamiltonianMotionModule(**TINY, swap_consistency=2.0, swap_frames=2).train()
+    terms = module.elbo_terms(frames, action, reference)
+    assert terms["swap_motion"].shape == (3,) and (terms["swap_motion"] >= 0).all() and (terms["swap_content"] >= 0).all()
+    base = terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"]
+    assert torch.allclose(module.loss_from_terms(terms), (base + 2.0 * (terms["swap_motion"] + terms["swap_content"])).mean())
+    module.zero_grad()
+    (terms["swap_motion"] + terms["swap_content"]).sum().backward()
+    decoder_grad = sum(p.grad.abs().sum() for p in module.model.decoder.parameters() if p.grad is not None)
+    operator_grad = [p.grad for p in module.model.operators.parameters()]
+    assert decoder_grad > 0  # the decoder learns to render the swapped pair ...
+    assert all(g is None or g.abs().sum() == 0 for g in operator_grad)  # ... from detached states
+    module.eval()
+    assert "swap_motion" not in module.elbo_terms(frames, action, reference)  # training only
