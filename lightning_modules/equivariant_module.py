@@ -49,6 +49,9 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         zero_init_character: start ``fc``'s last layer at zero so the background is learned by
             ``fb`` (``backbone.scene`` docstring).
         tz_keypoints: soft-argmax keypoints per feature map in ``T_Z`` (``backbone.scene.TransformNet``).
+        tz_head: what ``T_Z``'s output layer predicts: ``'affine'`` (six free entries, the paper) or
+            ``'pivot'`` (angle / scales / shear / translation about the character's centroid, with a
+            keypoint Procrustes rotation feature; ``backbone.scene.TransformNet``).
         alpha_equiv, alpha_inv: the weights α of eq. 4.
         lr, betas, weight_decay: Adam.
         use_ground_truth_transform: the ``T_Z := T_X`` ablation (Fig. 18): apply the batch's
@@ -84,6 +87,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         norm: str = "batch",
         zero_init_character: bool = True,
         tz_keypoints: int = 16,
+        tz_head: str = "affine",
         alpha_equiv: float = 1.0,
         alpha_inv: float = 1.0,
         lr: float = 1e-3,
@@ -115,7 +119,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
             raise ValueError(f"fig3_examples and fig3_chunk must be >= 1 and tz_pairs >= 0, got {fig3_examples}, {fig3_chunk}, {tz_pairs}.")
         self.save_hyperparameters()
         self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm,
-                                      zero_init_character, tz_keypoints)
+                                      zero_init_character, tz_keypoints, tz_head)
         if channels_last:
             self.scene = self.scene.to(memory_format=torch.channels_last)
         if use_ground_truth_transform:  # T_Z is replaced by T_X: keep its (identity) weights out of training / DDP
@@ -129,7 +133,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         self._warned_cpu = False
 
     # ------------------------------------------------------------------ checks
-    ARCHITECTURE_KEYS = ("image_size", "channels", "feature_channels", "blocks_per_stage", "tz_channels", "tz_hidden", "norm", "tz_keypoints")
+    ARCHITECTURE_KEYS = ("image_size", "channels", "feature_channels", "blocks_per_stage", "tz_channels", "tz_hidden", "norm", "tz_keypoints", "tz_head")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse another model's checkpoint (``CheckpointGuardMixin``) and one of other widths, clearly."""
@@ -207,6 +211,8 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         loss = out.scene + self.hparams.alpha_equiv * out.equiv + self.hparams.alpha_inv * out.inv
         on_step = stage == "train"
         logs = {f"{stage}/loss": loss, f"{stage}/scene": out.scene, f"{stage}/equiv": out.equiv, f"{stage}/inv": out.inv}
+        if stage == "train":  # training curves: feature scales and T_Z's distance from the identity (a collapse shows here)
+            logs.update({f"train/{k}": v for k, v in out.diagnostics().items()})
         if stage == "train" and self.hparams.transform_noise > 0:
             logs["train/transform_noise"] = torch.tensor(noise)
         self.log_dict(logs, on_step=on_step, on_epoch=not on_step, prog_bar=False, batch_size=x1.shape[0], sync_dist=not on_step)
@@ -269,15 +275,17 @@ def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Pa
     if hasattr(source, "fig3_examples"):
         result = ev.fig3_protocol(scene, source, count=hp.fig3_examples, chunk=hp.fig3_chunk, seed=hp.eval_seed, device=device,
                                   use_ground_truth_transform=hp.use_ground_truth_transform,
-                                  assets_root=getattr(datamodule, "assets_root", None), progress=progress)
+                                  assets_root=getattr(datamodule, "assets_root", None), progress=progress, canvas_color=hp.canvas_color)
         title, rows = ev.fig3_table(result)
-        table = format_table(title, rows, list(next(iter(rows.values()))))
+        table = format_table(title, rows, list(next(iter(rows.values())))) + "\n" + ev.ghost_table(result["summary"]["ghosts"])
         summary = {"protocol": "fig3", "source": kind, "use_ground_truth_transform": hp.use_ground_truth_transform, **result["summary"]}
         files.append(write_results(out_dir, "fig3", summary, table))
         files.append(ev.write_npz(out_dir / "fig3_per_example.npz", result["per_example"]))
         files.append(save_image_atomic(ev.fig3_grid(result["examples"]), out_dir / "fig3_examples.png"))
         for row in ("transformation", "background", "video_frames", "no_object"):
             scalars[f"fig3_{row}_mse"] = result["summary"][row]["mse"]["mean"]
+        for name in ("background_ghost_ratio", "character_ghost_ratio"):
+            scalars[name] = result["summary"]["ghosts"][name]
         if hp.tz_pairs > 0 and getattr(source, "num_digits", 1) == 1 and not hp.use_ground_truth_transform:
             from datamodules.moving_mnist import find_digit
 
@@ -285,12 +293,10 @@ def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Pa
             tz = ev.tz_analysis(scene, source, digit, 0, pairs=hp.tz_pairs, seed=hp.eval_seed, device=device,
                                 assets_root=getattr(datamodule, "assets_root", None), progress=progress)
             res = tz["results"]
-            table = format_table(f"T_Z analysis (§4.6), digit {res['digit_label']}, {res['pairs']} pairs",
-                                 {"r2 T_X -> T_Z": {"value": res["r2_tx_to_tz"], "paper": {5: 0.992, 8: 0.993}.get(hp.tz_digit)},
-                                  "r2 angle": {"value": res["r2_angle"]}, "r2 translation norm": {"value": res["r2_translation_norm"]}},
-                                 ["value", "paper"])
+            table = ev.tz_table(res, paper={5: 0.992, 8: 0.993}.get(hp.tz_digit))
             files.append(write_results(out_dir, "tz_analysis", res, table))
             scalars["tz_r2"] = res["r2_tx_to_tz"]
+            scalars["tz_r2_angle"] = res["r2_angle"]
         batch = source.fig3_examples(8, seed=hp.eval_seed + 1)
         x1, x2 = batch["x1_i"].to(device), batch["x1_j"].to(device)
     else:
@@ -320,6 +326,8 @@ def _sprite_evaluation(module: EquivariantSceneModule, dataset, kind: str, out_d
                                         canvas_color=hp.canvas_color, progress=progress)
     title, rows = ev.sprite_table(result)
     table = format_table(title, rows, list(next(iter(rows.values()))))
+    if "ghosts" in result["summary"]:
+        table += "\n" + ev.ghost_table(result["summary"]["ghosts"])
     summary = {"protocol": "sprite_analogy", "source": kind, "pairs": result["pairs"], "actions": result["actions"], **result["summary"]}
     files.append(write_results(out_dir, "sprite_analogy", summary, table))
     files.append(ev.write_npz(out_dir / "sprite_analogy_per_example.npz", result["per_example"]))
@@ -327,5 +335,8 @@ def _sprite_evaluation(module: EquivariantSceneModule, dataset, kind: str, out_d
     files.append(save_image_atomic(ev.labeled_grid([("A (animation)", ex["A"]), ("B (ground truth)", ex["B"]),
                                                        ("B animated like A", ex["prediction"])]), out_dir / "sprite_analogy.png"))
     for row, per_action in result["summary"].items():
-        scalars[f"analogy_{row}_mse"] = per_action["all"]["mse"]["mean"]
+        if row == "ghosts":
+            scalars.update({name: per_action[name] for name in ("background_ghost_ratio", "character_ghost_ratio")})
+        else:
+            scalars[f"analogy_{row}_mse"] = per_action["all"]["mse"]["mean"]
     return files, scalars

@@ -69,6 +69,47 @@ def per_example_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, t
     }
 
 
+def structure_mask(background: torch.Tensor, tolerance: float = 1.5 / 255) -> torch.Tensor:
+    """``b 3 h w -> b 1 h w``: pixels of a background that differ from its base colour (the per-channel
+    median, which the CSS4 base colour covers in most of the frame): where its diamonds are."""
+    base = background.float().flatten(2).median(dim=2).values[..., None, None]
+    return ((background.float() - base).abs().amax(1, keepdim=True) > tolerance).float()
+
+
+def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor, character_render: torch.Tensor,
+                  character_target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-example ghosts of one component in the render of the other (``b`` each; issue 13).
+
+    * ``background_render`` (``g(fb(x))``) against the ``true_background``: MSE inside the character
+      ``mask`` (``bg_inside``: a ghost of the character shows here) and outside (``bg_outside``).
+    * ``character_render`` (the background removed: ``fb`` fed a plain canvas) against
+      ``character_target`` (the character on that canvas), outside the mask: on the true
+      background's diamonds (``char_on_structure``: a ghost of the background shows here) and on
+      its base colour (``char_off_structure``).
+
+    The ghost ratios are ``bg_inside / bg_outside`` and ``char_on_structure / char_off_structure``
+    of the means (``ghost_ratios``): about 1 without a ghost, large with one.
+    """
+    mask = mask.float()
+    outside = 1.0 - mask
+    structure = structure_mask(true_background)
+    return {
+        "bg_inside": per_example_mse(background_render, true_background, mask),
+        "bg_outside": per_example_mse(background_render, true_background, outside),
+        "char_on_structure": per_example_mse(character_render, character_target, outside * structure),
+        "char_off_structure": per_example_mse(character_render, character_target, outside * (1.0 - structure)),
+    }
+
+
+def ghost_ratios(values: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """``background_ghost_ratio`` and ``character_ghost_ratio`` from ``ghost_metrics`` arrays (NaNs dropped)."""
+    mean = {k: float(np.nanmean(np.asarray(v, dtype=np.float64))) for k, v in values.items()}
+    ratio = lambda a, b: mean[a] / mean[b] if mean[b] > 0 else float("inf") if mean[a] > 0 else 1.0  # noqa: E731
+    return {**{f"{k}_mse": v for k, v in mean.items()},
+            "background_ghost_ratio": ratio("bg_inside", "bg_outside"),
+            "character_ghost_ratio": ratio("char_on_structure", "char_off_structure")}
+
+
 def summarize(values: np.ndarray | torch.Tensor) -> dict[str, float]:
     """Mean, std, median, quartiles, min/max and the 95% confidence half-width of the mean (NaNs dropped)."""
     v = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).ravel()
@@ -159,6 +200,7 @@ def fig3_protocol(
     use_ground_truth_transform: bool = False,
     assets_root: str | os.PathLike | None = None,
     progress: bool = True,
+    canvas_color: Sequence[float] = GRAY,
 ) -> dict[str, Any]:
     """Moving MNIST Fig. 3 on ``count`` test examples from ``source.fig3_examples`` (streamed in chunks).
 
@@ -167,7 +209,9 @@ def fig3_protocol(
     clip 2's frame ``i`` moved like clip 1's ``i -> j``; ``background`` =
     ``h(x1_i, x1_i, x1_j, x2_j)`` vs clip 1's character at frame ``j`` on clip 2's background;
     ``video_frames`` = clip-1 frame ``k != j`` vs ``x1_j``; ``no_object`` = the background
-    alone vs ``x1_j``. With ``use_ground_truth_transform`` (the ``T_Z := T_X`` ablation, Fig.
+    alone vs ``x1_j``. Also the ghost metrics of ``x1_j`` (``ghost_metrics``; true background
+    ``background1``, character mask of ``x1_j``, character target on a ``canvas_color`` canvas):
+    ``summary["ghosts"]``. With ``use_ground_truth_transform`` (the ``T_Z := T_X`` ablation, Fig.
     18) the manipulations use the ground-truth ``T_X`` of ``x1_i -> x1_j`` instead of ``T_Z``.
 
     Returns ``{"summary": {row: {metric: summary}}, "per_example": {f"{row}/{metric}": array},
@@ -177,6 +221,7 @@ def fig3_protocol(
         raise ValueError(f"fig3 count and chunk must be >= 1, got {count} and {chunk}.")
     device = torch.device(device)
     parts: dict[str, list[dict[str, torch.Tensor]]] = {r: [] for r in ("transformation", "background", "video_frames", "no_object")}
+    ghosts: list[dict[str, torch.Tensor]] = []
     examples: dict[str, torch.Tensor] = {}
     bar = _progress(count, "Fig. 3 examples", progress)
     for start in range(0, count, chunk):
@@ -192,7 +237,12 @@ def fig3_protocol(
             else:
                 transformation = scene.h(dev["x2_i"], dev["x1_i"], dev["x1_j"], dev["x2_i"])
                 background = scene.h(dev["x1_i"], dev["x1_i"], dev["x1_j"], dev["x2_j"])
+            bg_render = scene.g(scene.encode_background(dev["x1_j"])).float().cpu()
+            char_render = scene.remove_background(dev["x1_j"], canvas_color=canvas_color).float().cpu()
         transformation, background = transformation.float().cpu(), background.float().cpu()
+        mask_j = ex["background_target_mask"]  # the character mask of x1_j (same pose, other background)
+        canvas = torch.tensor(canvas_color, dtype=torch.float32).view(1, 3, 1, 1)
+        ghosts.append(ghost_metrics(bg_render, ex["background1"], char_render, mask_j * ex["x1_j"] + (1 - mask_j) * canvas, mask_j))
         parts["transformation"].append(per_example_metrics(transformation, ex["transformation_target"]))
         parts["background"].append(per_example_metrics(background, ex["background_target"]))
         parts["video_frames"].append(per_example_metrics(ex["other_frame"], ex["x1_j"]))
@@ -219,6 +269,9 @@ def fig3_protocol(
     inside = per_example["transformation/target_inside"] > 0.5
     summary["transformation_target_inside"] = mse_scales(per_example["transformation/mse"][inside], elements)
     summary["transformation_target_inside"]["fraction"] = float(inside.mean())
+    ghost_values = _concat(ghosts)
+    summary["ghosts"] = ghost_ratios(ghost_values)
+    per_example.update({f"ghosts/{k}": v for k, v in ghost_values.items()})
     return {"summary": summary, "per_example": per_example, "examples": examples}
 
 
@@ -234,6 +287,34 @@ def fig3_table(result: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, floa
             "SSIM": s["ssim"]["mean"], "PSNR": s["psnr"]["mean"],
         }
     return "Fig. 3 (Moving MNIST, per-pixel MSE over {} test examples)".format(result["summary"]["background"]["mse"]["n"]), rows
+
+
+def ghost_table(ghosts: Mapping[str, float]) -> str:
+    """The ghost metrics (``ghost_ratios``) as a printed table (target: ratios <= 1.5)."""
+    from lightning_modules.common import format_table
+
+    rows = {
+        "background-only render vs true background": {"ghost region MSE": ghosts["bg_inside_mse"], "reference MSE": ghosts["bg_outside_mse"],
+                                                      "ratio": ghosts["background_ghost_ratio"]},
+        "character-only render vs character on canvas": {"ghost region MSE": ghosts["char_on_structure_mse"],
+                                                         "reference MSE": ghosts["char_off_structure_mse"], "ratio": ghosts["character_ghost_ratio"]},
+    }
+    return format_table("Ghosts (background render: inside / outside the character mask; character render: "
+                        "on / off the true background's diamonds, outside the mask)", rows, ["ghost region MSE", "reference MSE", "ratio"])
+
+
+def tz_table(res: Mapping[str, Any], paper: float | None = None) -> str:
+    """§4.6 numbers as a printed table: uniform and variance-weighted r², per-output r², angle and translation-norm r²."""
+    from lightning_modules.common import format_table
+
+    rows = {"r2 T_X -> T_Z (uniform mean, sklearn)": {"value": res["r2_tx_to_tz"], "paper": paper},
+            "r2 T_X -> T_Z (variance-weighted)": {"value": res["r2_tx_to_tz_variance_weighted"], "paper": None}}
+    for name, value in zip(("a11", "a12", "t_x", "a21", "a22", "t_y"), res["r2_tx_to_tz_per_output"]):
+        rows[f"  r2 of T_Z {name}"] = {"value": value, "paper": None}
+    rows["r2 rotation angle (SVD)"] = {"value": res["r2_angle"], "paper": None}
+    rows["r2 translation norm"] = {"value": res["r2_translation_norm"], "paper": None}
+    where = f", digit {res['digit_label']}, {res['pairs']} pairs" if "digit_label" in res else ""
+    return format_table(f"T_Z analysis (§4.6){where}", rows, ["value", "paper"])
 
 
 # ============================================================================ sprites
@@ -296,6 +377,7 @@ def sprite_analogy_protocol(
     pairs = analogy_pairs(dataset, seed, max_clips)
     actions = tuple(getattr(dataset, "actions", ())) or ("all",)
     rows: dict[str, list[dict[str, torch.Tensor]]] = {r: [] for r in ANALOGY_ROWS}
+    ghosts: list[dict[str, torch.Tensor]] = []
     labels: list[torch.Tensor] = []
     examples: dict[str, torch.Tensor] = {}
     bar = _progress(len(pairs), "sprite analogies", progress)
@@ -325,6 +407,9 @@ def sprite_analogy_protocol(
                 z_b = scene.encode_background(scene.canvas(on_b[:1].to(device), canvas_color)).expand(t - 1, -1, -1, -1)
                 gray = scene.compose(z_c, theta, z_b).float().cpu()
             rows["gray_canvas"].append(per_example_metrics(gray, on_b[1:]))
+            x_b1 = frames_b[:1].to(device)
+            ghosts.append(ghost_metrics(scene.render_background(x_b1).float().cpu(), clip_b["background"][None],
+                                        scene.remove_background(x_b1, canvas_color=canvas_color).float().cpu(), on_b[:1], clip_b["masks"][:1]))
         if not examples:
             examples = {"A": frames_a, "B": frames_b, "prediction": torch.cat([frames_b[:1], pred])}
         if bar is not None:
@@ -350,6 +435,10 @@ def sprite_analogy_protocol(
             summary[row][name] = entry
         for key, v in values.items():
             per_example[f"{row}/{key}"] = v
+    if ghosts:
+        ghost_values = _concat(ghosts)
+        summary["ghosts"] = ghost_ratios(ghost_values)
+        per_example.update({f"ghosts/{k}": v for k, v in ghost_values.items()})
     return {"summary": summary, "per_example": per_example, "examples": examples, "pairs": len(pairs), "actions": list(actions)}
 
 
@@ -357,6 +446,8 @@ def sprite_table(result: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, fl
     """One table row per (protocol row, animation): MSE (both scales), SSIM, PSNR."""
     rows = {}
     for row, per_action in result["summary"].items():
+        if row == "ghosts":
+            continue
         for action, s in per_action.items():
             rows[f"{row} / {action}"] = {
                 "MSE mean": s["mse"]["mean"], "MSE median": s["mse"]["median"], "MSE(0-255) mean": s["mse_255"]["mean"],
@@ -387,9 +478,10 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 def linear_regression_r2(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Least squares ``y ≈ [x, 1] W`` (numpy ``lstsq``) and its r² as sklearn's
-    ``LinearRegression().score`` computes it: per output ``1 - SS_res / SS_tot`` (1 for a
-    perfectly fit constant output, 0 for a badly fit one), averaged uniformly over outputs;
-    also the variance-weighted average."""
+    ``LinearRegression().score`` computes it: per output ``1 - SS_res / SS_tot``, averaged
+    uniformly over outputs; also the variance-weighted average. One departure from sklearn: an
+    output that does not vary (``SS_tot = 0``) scores 0, not sklearn's 1, so that a constant
+    ``T_Z`` (e.g. stuck at the identity) gives r² = 0 rather than a perfect score."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
     design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
@@ -397,10 +489,48 @@ def linear_regression_r2(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     resid = y - design @ coef
     ss_res = (resid**2).sum(0)
     ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    per_output = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.where(ss_res <= 1e-12, 1.0, 0.0))
-    weighted = 1.0 - ss_res.sum() / ss_tot.sum() if ss_tot.sum() > 0 else float(ss_res.sum() <= 1e-12)
+    varies = ss_tot > 1e-12 * len(y)
+    per_output = np.where(varies, 1.0 - ss_res / np.where(varies, ss_tot, 1.0), 0.0)
+    weighted = 1.0 - ss_res.sum() / ss_tot.sum() if varies.any() else 0.0
     return {"r2": float(per_output.mean()), "r2_variance_weighted": float(weighted), "r2_per_output": per_output.tolist(),
             "coefficients": coef.tolist()}
+
+
+def tz_statistics(tx: torch.Tensor, tz: torch.Tensor, image_size: float = 64.0) -> dict[str, Any]:
+    """The §4.6 numbers of ground-truth ``tx`` and learned ``tz`` (``n 2 3`` each): r² of the 6-d linear
+    regression ``T_X -> T_Z`` (uniform mean as sklearn, variance-weighted and per output), SVD
+    nearest-rotation angle fit, translation norms and Fig. 11 statistics. Returns
+    ``{"results": numbers, "arrays": per-pair arrays}``."""
+    tx, tz = tx.double(), tz.double()
+    angle_x = torch.rad2deg(torch.atan2(tx[:, 1, 0], tx[:, 0, 0]))
+    angle_z = nearest_rotation_angle(tz)
+    half = float(image_size) / 2.0
+    arrays = {
+        "theta_x": tx.numpy(), "theta_z": tz.numpy(),
+        "angle_x": angle_x.numpy(), "angle_z": angle_z.numpy(),
+        "translation_norm_x": tx[:, :, 2].norm(dim=1).numpy(), "translation_norm_z": tz[:, :, 2].norm(dim=1).numpy(),
+        "translation_norm_x_px": (tx[:, :, 2] * half).norm(dim=1).numpy(),
+        "largest_singular_value_x": torch.linalg.svdvals(tx[:, :2, :2])[:, 0].numpy(),
+        "largest_singular_value_z": torch.linalg.svdvals(tz[:, :2, :2])[:, 0].numpy(),
+        "top_left_x": tx[:, 0, 0].numpy(), "top_left_z": tz[:, 0, 0].numpy(),
+    }
+    regression = linear_regression_r2(arrays["theta_x"], arrays["theta_z"])
+    angle_fit = linear_regression_r2(arrays["angle_x"], arrays["angle_z"])
+    norm_fit = linear_regression_r2(arrays["translation_norm_x"], arrays["translation_norm_z"])
+    results = {
+        "r2_tx_to_tz": regression["r2"], "r2_tx_to_tz_variance_weighted": regression["r2_variance_weighted"],
+        "r2_tx_to_tz_per_output": regression["r2_per_output"],
+        "r2_angle": angle_fit["r2"], "angle_slope": angle_fit["coefficients"][0][0], "angle_intercept": angle_fit["coefficients"][1][0],
+        "pearson_angle": pearson(arrays["angle_x"], arrays["angle_z"]),
+        "r2_translation_norm": norm_fit["r2"],
+        "pearson_translation_norm": pearson(arrays["translation_norm_x"], arrays["translation_norm_z"]),
+        "angle_x": summarize(arrays["angle_x"]), "angle_z": summarize(arrays["angle_z"]),
+        "translation_norm_x": summarize(arrays["translation_norm_x"]), "translation_norm_x_px": summarize(arrays["translation_norm_x_px"]),
+        "translation_norm_z": summarize(arrays["translation_norm_z"]),
+        "largest_singular_value_z": summarize(arrays["largest_singular_value_z"]), "top_left_z": summarize(arrays["top_left_z"]),
+        "paper_r2": {"5": 0.992, "8": 0.993},
+    }
+    return {"results": results, "arrays": arrays}
 
 
 @_in_eval_mode
@@ -442,37 +572,12 @@ def tz_analysis(
             bar.update(size)
     if bar is not None:
         bar.close()
-    tx, tz = torch.cat(theta_x), torch.cat(theta_z)
-    angle_x = torch.rad2deg(torch.atan2(tx[:, 1, 0], tx[:, 0, 0]))
-    angle_z = nearest_rotation_angle(tz)
-    half = float(getattr(source, "image_size", 64)) / 2.0
-    arrays = {
-        "theta_x": tx.numpy(), "theta_z": tz.numpy(),
-        "angle_x": angle_x.numpy(), "angle_z": angle_z.numpy(),
-        "translation_norm_x": tx[:, :, 2].norm(dim=1).numpy(), "translation_norm_z": tz[:, :, 2].norm(dim=1).numpy(),
-        "translation_norm_x_px": (tx[:, :, 2] * half).norm(dim=1).numpy(),
-        "largest_singular_value_x": torch.linalg.svdvals(tx[:, :2, :2])[:, 0].numpy(),
-        "largest_singular_value_z": torch.linalg.svdvals(tz[:, :2, :2])[:, 0].numpy(),
-        "top_left_x": tx[:, 0, 0].numpy(), "top_left_z": tz[:, 0, 0].numpy(),
-    }
-    regression = linear_regression_r2(arrays["theta_x"], arrays["theta_z"])
-    angle_fit = linear_regression_r2(arrays["angle_x"], arrays["angle_z"])
-    norm_fit = linear_regression_r2(arrays["translation_norm_x"], arrays["translation_norm_z"])
+    stats = tz_statistics(torch.cat(theta_x), torch.cat(theta_z), float(getattr(source, "image_size", 64)))
     results = {
         "digit_index": int(digit_index), "digit_label": label, "background_index": int(background_index), "pairs": int(pairs),
-        "split": split, "seed": int(seed),
-        "r2_tx_to_tz": regression["r2"], "r2_tx_to_tz_variance_weighted": regression["r2_variance_weighted"],
-        "r2_tx_to_tz_per_output": regression["r2_per_output"],
-        "r2_angle": angle_fit["r2"], "angle_slope": angle_fit["coefficients"][0][0], "angle_intercept": angle_fit["coefficients"][1][0],
-        "pearson_angle": pearson(arrays["angle_x"], arrays["angle_z"]),
-        "r2_translation_norm": norm_fit["r2"],
-        "pearson_translation_norm": pearson(arrays["translation_norm_x"], arrays["translation_norm_z"]),
-        "angle_x": summarize(arrays["angle_x"]), "angle_z": summarize(arrays["angle_z"]),
-        "translation_norm_x": summarize(arrays["translation_norm_x"]), "translation_norm_x_px": summarize(arrays["translation_norm_x_px"]),
-        "translation_norm_z": summarize(arrays["translation_norm_z"]),
-        "largest_singular_value_z": summarize(arrays["largest_singular_value_z"]), "top_left_z": summarize(arrays["top_left_z"]),
-        "paper_r2": {"5": 0.992, "8": 0.993},
+        "split": split, "seed": int(seed), **stats["results"],
     }
+    arrays = stats["arrays"]
     return {"results": results, "arrays": arrays}
 
 

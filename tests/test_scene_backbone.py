@@ -221,6 +221,7 @@ def test_transform_noise_only_perturbs_the_training_transform(frames):
     model = tiny()
     torch.manual_seed(0)
     noisy = model.losses(frames[0], frames[1], transform_noise=0.1)
-    assert (noisy.theta - identity_affine(3)).abs().max() > 1e-3
     clean = model.losses(frames[0], frames[1])
-    assert torch.equal(clean.theta, identity_affine(3))
+    # the noise moves the character in the losses; the reported T_Z (and the diagnostics) stay noise-free
+    assert (noisy.reconstruction - clean.reconstruction).abs().max() > 1e-4
+    assert torch.equal(noisy.theta, identity_affine(3)) and torch.equal(clean.theta, identity_affine(3))
