@@ -417,26 +417,6 @@ class MotionVAE(nn.Module):
         recon = self.decode_states(z, states, action)
         return {"recon": recon, "posterior": post, "states": states, "z": z, "q_ref": q_ref, "p_ref": p_ref}
 
-    def swap_consistency(self, frames: Tensor, action: Tensor, states: Tensor, z: Tensor, frame_index: Tensor) -> dict[str, Tensor]:
-        """Cycle terms of a motion swap within the batch (not in paper 004; ``swap_consistency``).
-
-        Clip ``i`` keeps its own unrolled positions ``q`` at frames ``frame_index (F,)`` and takes the
-        content ``z`` of clip ``i - 1``; the swapped frames are encoded again. Returns per clip
-        ``(b,)``: ``motion``, ``Σ ||μ_q(x_swap) - q||²`` (the motion survives the new content), and
-        ``content``, ``||μ_z(x_swap) - μ_z(x_{i-1}[F])||²`` (the other clip's content, read from
-        the same frames, survives the new motion). The decoder's inputs and the targets are
-        detached: the terms train the decoder to render the pair and the encoder to read it back.
-        """
-        other = torch.roll(torch.arange(frames.shape[0], device=frames.device), 1)
-        q = states[:, frame_index, : self.dim].detach()
-        with torch.no_grad():
-            target_z = self.content(self.encode_frames(frames[other][:, frame_index])).mu
-        swapped = self.decode(z[other].detach(), q, action)
-        h = self.encode_frames(swapped)
-        motion = (self.position(h, action).mu - q).square().flatten(1).sum(1)
-        content = (self.content(h).mu - target_z).square().sum(1)
-        return {"motion": motion, "content": content}
-
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def reconstruct(self, clip: Tensor, action: Tensor, reference: int | None = None) -> Tensor:

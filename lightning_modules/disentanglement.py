@@ -16,8 +16,6 @@ content and motion stay tied together.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -114,13 +112,3 @@ def action_view_confusion(confusion: Tensor, num_actions: int, num_views: int) -
             "matrix": (rows / rows.sum(1, keepdim=True).clamp_min(1)).tolist(),
         }
     return out
-
-
-def chance(num_classes: int) -> float:
-    """Accuracy of always guessing one of ``num_classes`` balanced classes."""
-    return 1.0 / max(num_classes, 1)
-
-
-def finite_or_none(value: float) -> float | None:
-    """``value`` for JSON, ``None`` when NaN / inf."""
-    return value if math.isfinite(value) else None

@@ -74,7 +74,6 @@ PUBLISHED_JUDGE = {
 #: Paper 004 Table 2(b): attribute accuracy when the motion is changed (Sprites).
 PUBLISHED_ATTRIBUTES = {"skin": 0.925, "top": 0.948, "pants": 0.968, "hair": 0.992}
 GEN_METRICS = ("ssim", "psnr", "mse")
-MOTION_KL = ("reference", "all_frames")
 EVAL_OPTIONS = ("generation_length", "content_still_frames", "judge_checkpoint", "eval_seeds", "val_generation", "probe_clips")
 GEN_VARIANTS = ("gen", "gen_one_frame", "gen_clip_content", "recon")
 JUDGE_METRICS = ("accuracy", "inception_score", "entropy_conditional", "entropy_marginal")
@@ -134,21 +133,6 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             frame vs 0.888 with the clip's content). Any ``q`` keeps eq. 17 a valid bound;
             0 (default) is the paper's whole-clip posterior. Off in every config: in the CPU
             budget 0.5 gave no gain (val SSIM 0.825 vs 0.830 at step 2250 of 4500).
-        motion_kl: where the KL of the motion state enters the loss: ``"reference"`` (eq. 17: the
-            reference frame's ``q``, ``p`` only) or ``"all_frames"`` (the sum over every frame's
-            posterior, as in the authors' released code). The reference frame is the only frame
-            the content ``z`` is not also paid for once, so with eq. 17 information that does not
-            change over the clip (the view, the appearance) costs the same in ``s`` as in ``z``;
-            summed over ``T`` frames it costs ``T`` times more in ``s``.
-        motion_kl_weight: weight of the motion KL (1: the ELBO).
-        state_consistency: weight of ``Σ_t ||exp((t - t_ref) H) μ_ref - μ_t||²`` between the
-            reference frame's posterior mean unrolled and the posterior mean of every frame, in the likelihood's units (as in the authors' released
-            code; 0 = off, the paper). It makes the frame encoder equivariant to the flow, so
-            each frame's posterior (and its KL under ``"all_frames"``) is about the states decoded.
-        swap_consistency: weight of the motion-swap cycle terms (``MotionVAE.swap_consistency``;
-            0 = off, the paper): each training clip's motion is rendered with the content of another
-            clip of the batch on ``swap_frames`` random frames, and both must be read back.
-        swap_frames: frames per clip that the swap cycle renders (its cost grows with them).
         channels_last: channels-last memory format for the convolutions (faster on CPU).
         generation_length: frames generated from the first frame at val/test (paper 16).
         content_still_frames: at image -> sequence generation the content posterior reads the
@@ -189,11 +173,6 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         operator_lr: float | None = None,
         lr_schedule: str = "constant",
         content_subclip_prob: float = 0.0,
-        motion_kl: str = "reference",
-        motion_kl_weight: float = 1.0,
-        state_consistency: float = 0.0,
-        swap_consistency: float = 0.0,
-        swap_frames: int = 3,
         channels_last: bool = False,
         generation_length: int = 16,
         content_still_frames: int = 8,
@@ -215,13 +194,6 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             raise ValueError("eval_seeds must list at least one seed.")
         if not 0.0 <= content_subclip_prob <= 1.0:
             raise ValueError(f"content_subclip_prob must be in [0, 1], got {content_subclip_prob}.")
-        if motion_kl not in MOTION_KL:
-            raise ValueError(f"motion_kl must be one of {MOTION_KL}, got {motion_kl!r}.")
-        if swap_frames < 1:
-            raise ValueError(f"swap_frames must be >= 1, got {swap_frames}.")
-        for name, value in (("motion_kl_weight", motion_kl_weight), ("state_consistency", state_consistency), ("swap_consistency", swap_consistency)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
         # Evaluation options are attributes, not hyper-parameters: LightningCLI re-applies a
@@ -339,41 +311,18 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
     def elbo_terms(
         self, frames: Tensor, action: Tensor, reference: Tensor, content_index: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Per-clip terms of eq. 17 (``nll``, ``kl_z``, ``kl_q``, ``kl_p``; ``(b,)``), the optional
-        ``consistency`` term and ``recon``. ``kl_q`` / ``kl_p`` follow ``motion_kl``."""
-        hp = self.hparams
+        """Per-clip terms of eq. 17 (``nll``, ``kl_z``, ``kl_q``, ``kl_p``; ``(b,)``) and ``recon``."""
         out = self.model(frames, action, reference, sample=True, content_index=content_index)
         recon = out["recon"].float()
         residual = 2.0 * (recon - frames.float())  # paper units: images in [-1, 1]
-        nll = residual.square().flatten(1).sum(1) / (2.0 * hp.alpha**2)
-        post = out["posterior"]
-        if hp.motion_kl == "all_frames":
-            kl_q, kl_p = post.q.kl_standard_normal().sum(1), post.p.kl_standard_normal().sum(1)
-        else:
-            kl_q, kl_p = out["q_ref"].kl_standard_normal(), out["p_ref"].kl_standard_normal()
-        terms = {"nll": nll, "kl_z": post.z.kl_standard_normal(), "kl_q": kl_q, "kl_p": kl_p, "recon": recon}
-        if hp.state_consistency > 0:
-            # the reference frame's posterior mean unrolled vs every frame's posterior mean (b, T, 2d)
-            offsets = torch.arange(frames.shape[1], device=frames.device)[None] - reference[:, None]
-            unrolled = self.model.rollout(torch.cat([out["q_ref"].mu, out["p_ref"].mu], -1), action, offsets)
-            means = torch.cat([post.q.mu, post.p.mu], -1)
-            terms["consistency"] = (unrolled - means).square().flatten(1).sum(1)
-        if hp.swap_consistency > 0 and self.training and frames.shape[0] > 1:
-            T = frames.shape[1]
-            index = torch.randperm(T, device=frames.device)[: min(hp.swap_frames, T)].sort().values
-            cycle = self.model.swap_consistency(frames, action, out["states"], out["z"], index)
-            terms["swap_motion"], terms["swap_content"] = cycle["motion"], cycle["content"]
-        return terms
-
-    def loss_from_terms(self, terms: dict[str, Tensor]) -> Tensor:
-        """``-ELBO`` (weighted as configured) averaged over clips."""
-        hp = self.hparams
-        loss = terms["nll"] + terms["kl_z"] + hp.motion_kl_weight * (terms["kl_q"] + terms["kl_p"])
-        if "consistency" in terms:
-            loss = loss + hp.state_consistency * terms["consistency"]
-        if "swap_motion" in terms:
-            loss = loss + hp.swap_consistency * (terms["swap_motion"] + terms["swap_content"])
-        return loss.mean()
+        nll = residual.square().flatten(1).sum(1) / (2.0 * self.hparams.alpha**2)
+        return {
+            "nll": nll,
+            "kl_z": out["posterior"].z.kl_standard_normal(),
+            "kl_q": out["q_ref"].kl_standard_normal(),
+            "kl_p": out["p_ref"].kl_standard_normal(),
+            "recon": recon,
+        }
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         frames, action = batch["frames"], batch["action"]
@@ -381,8 +330,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         reference = torch.randint(0, T, (b,), device=frames.device)  # eq. 11
         content_index = self._content_subclip(b, T, frames.device) if stage == "train" else None
         terms = self.elbo_terms(frames, action, reference, content_index)
-        loss = self.loss_from_terms(terms)
-        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p", "consistency", "swap_motion", "swap_content") if k in terms}
+        loss = (terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"]).mean()
+        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p")}
         logs[f"{stage}/mse"] = F.mse_loss(terms["recon"], frames.float())
         train = stage == "train"
         if train:
