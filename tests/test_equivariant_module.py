@@ -176,9 +176,12 @@ def test_checkpoint_of_another_model_fails_with_a_clear_message(tmp_path, cache_
 
 def test_checkpoint_of_other_widths_fails_with_a_clear_message(mnist_checkpoint):
     _, ckpt = mnist_checkpoint
-    wider = EquivariantSceneModule(**{**TINY, "feature_channels": 12})
+    wider = EquivariantSceneModule(**{**TINY, "feature_channels": 12, "tz_head": "pivot"})  # the CPU config's head
     with pytest.raises(ValueError, match=r"different EquivariantSceneModule architecture \(feature_channels: checkpoint 8 vs config 12\)"):
         wider.on_load_checkpoint(torch.load(ckpt, weights_only=False))
+    other_head = EquivariantSceneModule(**{**TINY, "tz_head": "affine"})
+    with pytest.raises(ValueError, match=r"tz_head: checkpoint 'pivot' vs config 'affine'"):
+        other_head.on_load_checkpoint(torch.load(ckpt, weights_only=False))
 
 
 def test_wrong_image_size_fails_with_a_clear_message(cache_dir, tmp_path):
