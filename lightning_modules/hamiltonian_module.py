@@ -46,12 +46,11 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.image import peak_signal_noise_ratio
-from torch.utils.data import default_collate
 
 from backbone.hamiltonian import embed_subspace
-
 from backbone.motion_vae import MotionVAE
 from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, time_budget, write_results
 from lightning_modules.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
@@ -526,9 +525,9 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
                 perm = torch.randperm(b, generator=gen, device=self.device)
                 ab, _ = self.model.swap_motion(frames, frames[perm], action, action[perm])
                 metrics[f"attr_swap_{seed}"].update(judge.probabilities(ab)["attributes"], attrs)
-        self._update_judge_ceilings(frames, action, view, attrs)
+        self._update_judge_ceilings(frames, action, view, attrs, batch_idx)
 
-    def _update_judge_ceilings(self, frames: Tensor, action: Tensor, view: Tensor, attrs: Tensor | None) -> None:
+    def _update_judge_ceilings(self, frames: Tensor, action: Tensor, view: Tensor, attrs: Tensor | None, batch_idx: int) -> None:
         """What the judge reads from the model's own renders, without any change of motion (the
         decoder's ceiling for Table 2b), and from real motion of another test clip of the same
         action (same view, and any view; the ceiling of prior-motion generation: no prior involved)."""
@@ -538,7 +537,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         metrics["own_reconstruction"].update(own["label"], label)
         if attrs is not None:
             metrics["attr_own_reconstruction"].update(own["attributes"], attrs)
-        gen = torch.Generator(device=self.device).manual_seed(int(self.eval_seeds[0]))
+        gen = torch.Generator(device=self.device).manual_seed(int(self.eval_seeds[0]) * 1_000_003 + self.global_rank * 100_003 + batch_idx)
         for same_view, key in ((True, "real_motion_same_view"), (False, "real_motion_any_view")):
             partner = self._partners(action, view if same_view else None, gen)
             keep = partner >= 0
