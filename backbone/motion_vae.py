@@ -498,8 +498,14 @@ class MotionVAE(nn.Module):
             z = self.content(self.encode_frames(content_from)).mu
         else:
             z = torch.randn(num, self.content_dim, generator=generator, device=device, dtype=dtype)
-        s1 = torch.randn(num, 2 * self.dim, generator=generator, device=device, dtype=dtype)
-        states = self.rollout(s1, action, torch.arange(length, device=device))
+        return self.prior_motion(z, action, length, generator)
+
+    @torch.no_grad()
+    def prior_motion(self, z: Tensor, action: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
+        """Content ``z (b, |Z|)`` with prior motion: ``s_1 ~ N(0, I_2d)`` unrolled ``length`` steps by
+        ``H_k`` of ``action (b,)`` (eq. 2–6). Returns ``(b, length, c, H, W)`` in [0, 1]."""
+        s1 = torch.randn(z.shape[0], 2 * self.dim, generator=generator, device=z.device, dtype=z.dtype)
+        states = self.rollout(s1, action, torch.arange(length, device=z.device))
         return self.decode_states(z, states, action).clamp_(0, 1)
 
     def energy(self, states: Tensor, action: Tensor) -> Tensor:

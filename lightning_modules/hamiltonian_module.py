@@ -475,10 +475,13 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             self._grid_examples = self._example_grid(batch)
             self._disentangle_examples = self._disentangle_grid(batch)
         self._update_generation(batch, "test", both=True)
+        probes = "attributes" in batch and self.probe_clips > 0
+        if not (probes or self._judge):
+            return
         latents = self._clip_latents(batch)
-        if "attributes" in batch and self.probe_clips:
-            for k, v in latents.items():
-                self._latents.setdefault(k, []).append(v)
+        if probes:  # the probes score test clips at the first frame; the spread uses training clips
+            for k in ("z", "s_mu", "action", "targets"):
+                self._latents.setdefault(k, []).append(latents[k])
         if self._judge:
             self._update_judge(batch, batch_idx, latents["z"])
 
@@ -506,17 +509,11 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         metrics["real"].update(real["label"], batch.get("label", self._views * action + view))
         if attrs is not None:
             metrics["attr_real"].update(real["attributes"], attrs)
-        K, d = self.hparams.num_actions, self.hparams.position_dim
         for seed in self.eval_seeds:
-            gen = torch.Generator(device=self.device).manual_seed(
-                int(seed) * 1_000_003 + self.global_rank * 100_003 + batch_idx
-            )
-            for k in range(K):
+            gen = self._batch_generator(seed, batch_idx)
+            for k in range(self.hparams.num_actions):
                 ak = torch.full_like(action, k)
-                s1 = torch.randn(b, 2 * d, generator=gen, device=self.device, dtype=z.dtype)
-                states = self.model.rollout(s1, ak, torch.arange(T, device=self.device))
-                clips = self.model.decode_states(z, states, ak).clamp(0, 1)
-                probs = judge.probabilities(clips)
+                probs = judge.probabilities(self.model.prior_motion(z, ak, T, gen))
                 metrics[f"prior_{seed}"].update(probs["label"], self._views * k + view)
                 metrics["prior_confusion"].update(probs["label"].argmax(1), self._views * k + view)
                 if attrs is not None:
@@ -537,13 +534,17 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         metrics["own_reconstruction"].update(own["label"], label)
         if attrs is not None:
             metrics["attr_own_reconstruction"].update(own["attributes"], attrs)
-        gen = torch.Generator(device=self.device).manual_seed(int(self.eval_seeds[0]) * 1_000_003 + self.global_rank * 100_003 + batch_idx)
+        gen = self._batch_generator(self.eval_seeds[0], batch_idx)
         for same_view, key in ((True, "real_motion_same_view"), (False, "real_motion_any_view")):
             partner = self._partners(action, view if same_view else None, gen)
             keep = partner >= 0
             if keep.any():
                 ab, _ = self.model.swap_motion(frames[keep], frames[partner[keep]], action[keep], action[partner[keep]])
                 metrics[key].update(judge.probabilities(ab)["label"], label[keep])
+
+    def _batch_generator(self, seed: int, batch_idx: int) -> torch.Generator:
+        """The evaluation RNG of one test batch: distinct per seed, rank and batch, reproducible."""
+        return torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + self.global_rank * 100_003 + batch_idx)
 
     def _partners(self, action: Tensor, view: Tensor | None, gen: torch.Generator) -> Tensor:
         """For each clip a random other clip of the batch with the same action (and ``view`` if given); -1 if none."""
@@ -743,12 +744,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         gen = torch.Generator(device=self.device).manual_seed(0)
         with self._eval_mode():
             z = self.model.content(self.model.encode_frames(a)).mu
-            T, K, d = a.shape[1], self.hparams.num_actions, self.hparams.position_dim
-            priors = []
-            for k in range(K):
-                ak = torch.full_like(act_a, k)
-                s1 = torch.randn(a.shape[0], 2 * d, generator=gen, device=self.device, dtype=z.dtype)
-                priors.append(self.model.decode_states(z, self.model.rollout(s1, ak, torch.arange(T, device=self.device)), ak))
+            T = a.shape[1]
+            priors = [self.model.prior_motion(z, torch.full_like(act_a, k), T, gen) for k in range(self.hparams.num_actions)]
             ab, _ = self.model.swap_motion(a, b, act_a, act_b)
         rows = [torch.stack([a[i], *[p[i] for p in priors], b[i], ab[i]]) for i in range(a.shape[0])]
         return torch.cat(rows).flatten(0, 1).clamp(0, 1).float().cpu(), T  # (rows * T, 3, h, w), frames per row
