@@ -54,6 +54,13 @@ class SceneMotionCLI(LightningCLI):
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        if self.subcommand == "predict":  # predictions go to files (<default_root_dir>/predictions), issue 15
+            from pytorch_lightning.callbacks import BasePredictionWriter
+
+            from callbacks.prediction_writer import PredictionWriter
+
+            if not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
+                trainer.callbacks.append(PredictionWriter())
 
 
 def _is_progress_bar(callback_config) -> bool:

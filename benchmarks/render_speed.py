@@ -17,6 +17,19 @@ real ones). Rows:
 * ``animate (8 frames)``: ``animate`` over an 8-frame clip, counted per output frame.
 
 Everything runs in eval mode under ``torch.inference_mode`` (what the manipulations do).
+
+A second table times the studio's own code path (``studio.Handlers`` over
+``lightning_modules.composer``: the functions the web app calls, including the conversion to
+the displayed picture), for the scene model and the motion model (``--motion-config`` /
+``--motion-ckpt``; ``--no-studio`` skips it):
+
+* ``choice change, 1-frame result``: a new background for a single-image character: ``fb`` of the
+  new background, then ``g``; the latency of one interactive frame (target < 50 ms).
+* ``new animation, 64 frames``: a new 64-frame animation source: ``fc`` + ``T_Z`` of every frame
+  and ``g`` of every frame, batched (frames/s; target >= 200).
+* ``cached re-render, 64 frames``: the same composition again (encodings cached).
+* ``frame slider``: showing another frame of the current result.
+* ``motion: new image, 16 frames``: image -> sequence from a new image.
 """
 
 from __future__ import annotations
@@ -124,6 +137,55 @@ def benchmark(scene: EquivariantScene, channels_last: bool, batch: int, repeats:
     return rows
 
 
+def studio_benchmark(scene: EquivariantScene, channels_last: bool, motion_config: str | None, motion_ckpt: str | None, repeats: int) -> dict[str, dict[str, float]]:
+    """The studio's handlers (module docstring): ms per call, ms per frame and frames/s."""
+    from lightning_modules.composer import MotionComposer, SceneComposer
+    from lightning_modules.equivariant_module import EquivariantSceneModule
+    from studio import Handlers
+
+    size = scene.image_size
+    module = EquivariantSceneModule(image_size=size, channels_last=channels_last)  # a holder for the scene (hparams: canvas colour)
+    module.scene = scene
+    clips = {"character": torch.rand(1, 3, size, size), "animation": torch.rand(64, 3, size, size)}
+    h = Handlers(SceneComposer(module, [(k, v, None) for k, v in clips.items()]))
+    rows: dict[str, dict[str, float]] = {}
+
+    def add(name: str, fn, frames: int) -> None:
+        t = median(timed(fn, repeats))
+        rows[name] = {"ms per call": 1000 * t, "ms per frame": 1000 * t / frames, "frames/s": frames / t}
+
+    def new_background():
+        h.examples["background"] = torch.rand(1, 3, size, size)  # a cache miss every call, like a new upload
+        return h.compose("character", None, "background", None, None, None, False, 0)
+
+    add("scene: choice change, 1-frame result", new_background, 1)
+
+    def new_animation():
+        h.examples["animation"] = torch.rand(64, 3, size, size)
+        return h.compose("character", None, "background", None, "animation", None, False, 0)
+
+    add("scene: new animation, 64 frames", new_animation, 64)
+    add("scene: cached re-render, 64 frames", lambda: h.compose("character", None, "background", None, "animation", None, False, 0), 64)
+    result = h.compose("character", None, "background", None, "animation", None, False, 0)[1]
+    add("frame slider", lambda: h.frame(result, 10), 1)
+    if motion_config or motion_ckpt:
+        from lightning_modules.hamiltonian_module import HamiltonianMotionModule
+
+        if motion_ckpt:
+            hm = HamiltonianMotionModule.load_from_checkpoint(motion_ckpt, map_location="cpu")
+        else:
+            args = yaml.safe_load(Path(motion_config).read_text())["model"]["init_args"]
+            hm = HamiltonianMotionModule(**{k: v for k, v in args.items() if k not in ("judge_checkpoint",)})
+        m = Handlers(MotionComposer(hm, [("image", torch.rand(1, 3, hm.model.image_size, hm.model.image_size), 0)]))
+
+        def new_image():
+            m.examples["image"] = torch.rand(1, 3, hm.model.image_size, hm.model.image_size)
+            return m.generate("image", None, m.c.action_names[0], 16, 0)
+
+        add("motion: new image, 16 frames", new_image, 16)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python benchmarks/render_speed.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="config whose model.init_args build the model (default: mnist_equivariant_cpu.yaml)")
@@ -132,6 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--no-studio", action="store_true", help="skip the studio code-path table")
+    parser.add_argument("--motion-config", default=str(ROOT / "configs" / "sprites_hamiltonian_cpu.yaml"),
+                        help="motion model of the studio table (its model.init_args)")
+    parser.add_argument("--motion-ckpt", default=None, help="a trained HamiltonianMotionModule checkpoint instead")
     args = parser.parse_args(argv)
     scene, channels_last, label = build_scene(args.config, args.ckpt)
     params = sum(p.numel() for p in scene.parameters())
@@ -143,6 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{threads} thread(s), load {os.getloadavg()[0]:.1f}")
         print("\n" + format_table(title, rows, list(next(iter(rows.values())))) + "\n", flush=True)
         results["tables"][str(threads)] = rows
+        if not args.no_studio:
+            rows = studio_benchmark(scene, channels_last, args.motion_config, args.motion_ckpt, args.repeats)
+            title = f"Studio code path (studio.Handlers), {label}, {threads} thread(s), load {os.getloadavg()[0]:.1f}"
+            print("\n" + format_table(title, rows, list(next(iter(rows.values())))) + "\n", flush=True)
+            results["tables"][f"studio_{threads}"] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return results

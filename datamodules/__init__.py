@@ -16,6 +16,7 @@ _EXPORTS = {
     "ReedSprites": "reed_sprites",
     "SpritesOnBackgrounds": "sprites_on_backgrounds",
     "VideoFolder": "video_folder",
+    "FrameFiles": "frame_files",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -90,8 +90,9 @@ class ActionSequenceDataModule(ClipDataModule):
         drop_short_clips: bool = False,
         looped: bool = False,
         train_num_frames: int | None = None,
+        predict_split: str = "test",
     ) -> None:
-        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory)
+        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory, predict_split)
         for option, value in (("num_frames", num_frames), ("train_num_frames", train_num_frames)):
             if value is not None and value < 2:
                 raise ValueError(f"{option} must be >= 2, got {value}.")

@@ -88,6 +88,7 @@ class ClipDataModule(pl.LightningDataModule):
         cache_dir: derived-dataset cache (else ``$SCENEMOTION_CACHE``, else ``~/.cache/scenemotion``).
         seed: seed of sampling (pairs, windows, procedural clips).
         pin_memory: pin host memory (GPU training).
+        predict_split: the split ``cli.py predict`` reads (``train``, ``val`` or ``test``).
     """
 
     def __init__(
@@ -100,8 +101,12 @@ class ClipDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         pin_memory: bool = False,
+        predict_split: str = "test",
     ) -> None:
         super().__init__()
+        if predict_split not in SPLITS:
+            raise ValueError(f"predict_split must be one of {SPLITS}, got {predict_split!r}.")
+        self.predict_split = predict_split
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if num_workers < 0:
@@ -170,7 +175,15 @@ class ClipDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        split = self.predict_split
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return DataLoader(self.predict_view(self.datasets[split], split), batch_size=self.eval_batch_size // self._world(),
+                          shuffle=False, num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def predict_view(self, clips: ClipDataset, split: str) -> Dataset:
+        """The items ``predict`` reads (default: the split's val/test items)."""
+        return self.items[split]
 
     def _resume_point(self) -> tuple[int, int]:
         """``(epoch, global samples already seen in it)`` when resuming mid-epoch, else ``(-1, 0)``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from datamodules.action_sequence import SequenceWindows
 from datamodules.base import ClipDataset, ClipSource, relative_affine
 from datamodules.clip_datamodule import ClipDataModule, KeyedView
 
@@ -43,6 +44,9 @@ class PairFramesDataModule(ClipDataModule):
 
     Args:
         max_frame_gap: if set, only pairs with ``|i - j| <= max_frame_gap`` ("nearby frames").
+        predict_split: the split ``cli.py predict`` reads; ``predict`` gets whole clips
+            (``frames``), not pairs: the first ``predict_num_frames`` frames of each clip (looped
+            when a clip is shorter; default: the split's shortest clip, at most 16 frames).
         **kwargs: see ``ClipDataModule`` (source, batch sizes, workers, assets, cache, seed).
     """
 
@@ -57,11 +61,21 @@ class PairFramesDataModule(ClipDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         max_frame_gap: int | None = None,
+        predict_split: str = "test",
+        predict_num_frames: int | None = None,
     ) -> None:
-        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory)
+        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory, predict_split)
+        if predict_num_frames is not None and predict_num_frames < 1:
+            raise ValueError(f"predict_num_frames must be >= 1 or null, got {predict_num_frames}.")
+        self.predict_num_frames = predict_num_frames
         if max_frame_gap is not None and max_frame_gap < 1:
             raise ValueError(f"max_frame_gap must be >= 1 or null, got {max_frame_gap}.")
         self.max_frame_gap = max_frame_gap
 
     def make_view(self, clips: ClipDataset, split: str) -> FramePairs:
         return FramePairs(clips, split, self.seed, self.max_frame_gap)
+
+    def predict_view(self, clips: ClipDataset, split: str) -> SequenceWindows:
+        """Whole clips for ``predict`` (``lightning_modules.prediction.scene_predict``), from frame 0, looped."""
+        length = self.predict_num_frames or min(16, min(clips.clip_length(i) for i in range(len(clips))))
+        return SequenceWindows(clips, split, self.seed, length, random_window=False, drop_short=False, looped=True)

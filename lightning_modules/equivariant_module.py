@@ -34,6 +34,7 @@ from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from backbone.scene import EquivariantScene
+from lightning_modules import prediction
 from lightning_modules import scene_evaluation as ev
 from lightning_modules.common import CheckpointGuardMixin, format_table, run_dir, save_image_atomic, write_results
 
@@ -74,6 +75,9 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         evaluate: run the protocols in the test stage (the loss/metrics on test pairs always run).
         cpu_alternative: set by paper-scale (GPU) configs: the CPU config to suggest when this
             one is started without a GPU (one warning, rank zero).
+        predict: what ``cli.py predict`` produces (``lightning_modules.prediction.PredictOptions``:
+            ``tasks`` of swap_background / transfer_animation / swap_background_and_animation /
+            remove_background, ``canvas_color``); not saved in checkpoints.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         eval_seed: int = 0,
         evaluate: bool = True,
         cpu_alternative: str | None = None,
+        predict: dict | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("alpha_equiv", alpha_equiv), ("alpha_inv", alpha_inv)):
@@ -117,7 +122,8 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
             raise ValueError(f"transform_noise and transform_noise_steps must be >= 0, got {transform_noise} and {transform_noise_steps}.")
         if fig3_examples < 1 or fig3_chunk < 1 or tz_pairs < 0:
             raise ValueError(f"fig3_examples and fig3_chunk must be >= 1 and tz_pairs >= 0, got {fig3_examples}, {fig3_chunk}, {tz_pairs}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["predict"])
+        self.predict_options = prediction.PredictOptions.parse(predict, "equivariant")
         self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm,
                                       zero_init_character, tz_keypoints, tz_head)
         if channels_last:
@@ -240,6 +246,10 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """``cli.py predict``: background swap, animation transfer, both, background removal (``lightning_modules.prediction``)."""
+        return prediction.scene_predict(self.scene, batch, batch_idx, self.predict_options, self.hparams.canvas_color)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

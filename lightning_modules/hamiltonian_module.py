@@ -52,6 +52,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from backbone.hamiltonian import embed_subspace
 from backbone.motion_vae import MotionVAE
+from lightning_modules import prediction
 from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, time_budget, write_results
 from lightning_modules.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
 from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
@@ -73,7 +74,7 @@ PUBLISHED_JUDGE = {
 #: Paper 004 Table 2(b): attribute accuracy when the motion is changed (Sprites).
 PUBLISHED_ATTRIBUTES = {"skin": 0.925, "top": 0.948, "pants": 0.968, "hair": 0.992}
 GEN_METRICS = ("ssim", "psnr", "mse")
-EVAL_OPTIONS = ("generation_length", "content_still_frames", "judge_checkpoint", "eval_seeds", "val_generation", "probe_clips")
+EVAL_OPTIONS = ("generation_length", "content_still_frames", "judge_checkpoint", "eval_seeds", "val_generation", "probe_clips", "predict")
 GEN_VARIANTS = ("gen", "gen_one_frame", "gen_clip_content", "recon")
 JUDGE_METRICS = ("accuracy", "inception_score", "entropy_conditional", "entropy_marginal")
 
@@ -144,6 +145,8 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         val_generation: also score ``generation_length``-frame generation at validation.
         probe_clips: training clips the test-stage leakage probes and the aggregate-posterior
             statistics are fitted on (``lightning_modules.disentanglement``; 0 skips them).
+        predict: what ``cli.py predict`` produces (``lightning_modules.prediction.PredictOptions``:
+            ``tasks`` of generate / swap / sample, ``length``, ``actions``, ``seed``).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         eval_seeds: list[int] = [0, 1, 2],
         val_generation: bool = True,
         probe_clips: int = 3000,
+        predict: dict | None = None,
     ) -> None:
         super().__init__()
         if alpha <= 0:
@@ -202,6 +206,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         self.judge_checkpoint, self.eval_seeds = judge_checkpoint, list(eval_seeds)
         self.generation_length, self.val_generation = generation_length, val_generation
         self.content_still_frames, self.probe_clips = content_still_frames, probe_clips
+        self.predict_options = prediction.PredictOptions.parse(predict, "hamiltonian")
         self.model = MotionVAE(
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
@@ -239,7 +244,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         if dm is None or not hasattr(dm, "actions"):
             return
         hp = self.hparams
-        if len(dm.actions) != hp.num_actions:
+        if len(dm.actions) != hp.num_actions and not (stage == "predict" and not dm.actions):  # unlabelled inputs: no swap
             raise ValueError(
                 f"The data has {len(dm.actions)} actions {list(dm.actions)} but the model has num_actions={hp.num_actions}. "
                 f"Set --model.init_args.num_actions {len(dm.actions)}."
@@ -845,6 +850,11 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         return dm is not None and type(getattr(dm, "source", None)).__name__ == "DSVAESprites"
 
     # ------------------------------------------------------------------ optimiser
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """``cli.py predict``: image -> sequence per action, motion swap, samples (``lightning_modules.prediction``)."""
+        names = prediction.action_names(getattr(self.trainer, "datamodule", None), self.hparams.num_actions)
+        return prediction.hamiltonian_predict(self, batch, batch_idx, self.predict_options, names)
+
     def configure_optimizers(self):
         """Adam (paper: lr 2e-4), the operators in their own group (``operator_lr``); optional cosine decay."""
         hp = self.hparams

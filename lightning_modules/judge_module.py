@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from backbone.judge import SequenceJudge
+from lightning_modules import prediction
 from lightning_modules.common import CheckpointGuardMixin
 from lightning_modules.sequence_metrics import MultiHeadAccuracy
 
@@ -32,6 +33,8 @@ class SequenceJudgeModule(CheckpointGuardMixin, pl.LightningModule):
         image_size: frames are resized to this side inside the judge (``None``: as given).
         channels, feature_dim, hidden: widths of the CNN, frame feature and LSTM.
         lr, weight_decay: AdamW settings.
+        predict: options of ``cli.py predict`` (``lightning_modules.prediction.PredictOptions``;
+            the judge's one task is ``probabilities``); not saved in checkpoints.
     Logs ``{stage}/loss``, ``{stage}/acc`` and ``{stage}/acc_<attribute>``.
     """
 
@@ -47,13 +50,15 @@ class SequenceJudgeModule(CheckpointGuardMixin, pl.LightningModule):
         hidden: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        predict: dict | None = None,
     ) -> None:
         super().__init__()
         if len(attribute_names) != len(attribute_cardinalities):
             raise ValueError(
                 f"attribute_names {attribute_names} and attribute_cardinalities {attribute_cardinalities} differ in length."
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["predict"])
+        self.predict_options = prediction.PredictOptions.parse(predict, "judge")
         self.judge = SequenceJudge(num_classes, attribute_cardinalities, image_size, 3, channels, feature_dim, hidden)
         self.accuracy = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in STAGES})
         self.attr_accuracy = nn.ModuleDict({f"{s}_acc": MultiHeadAccuracy(len(attribute_cardinalities)) for s in STAGES})
@@ -137,6 +142,11 @@ class SequenceJudgeModule(CheckpointGuardMixin, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_attributes("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """``cli.py predict``: class probabilities of every head (``lightning_modules.prediction``)."""
+        classes = prediction.class_names(getattr(self.trainer, "datamodule", None), self.hparams.num_classes)
+        return prediction.judge_predict(self, batch, batch_idx, classes, self.hparams.attribute_names)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
