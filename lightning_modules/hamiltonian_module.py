@@ -799,7 +799,7 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             tables.append(format_table("Attribute accuracy when the motion is changed", attr_rows, attr_names))
         tables += self._disentanglement_tables(results)
         results["config"] = {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-        results["config"].update({k: getattr(self, k) for k in EVAL_OPTIONS})
+        results["config"].update({k: getattr(self, k) for k in EVAL_OPTIONS if k != "predict"})
         out_dir = run_dir(self.trainer)
         write_results(out_dir, "test_results", results, "\n\n".join(tables))
         grid = self._save_grid(out_dir)
