@@ -66,7 +66,10 @@ def schema_violations(config: Any) -> list[str]:
     """The engine's schema violations plus what this runner needs (``metric`` for bayes, ``${args}``)."""
     if not isinstance(config, dict):
         return ["the sweep file must be a YAML mapping (method, metric, parameters, program, command)"]
-    problems = list(_engine().schema_violations_from_proposed_config(config))
+    try:
+        problems = list(_engine().schema_violations_from_proposed_config(config))
+    except (ValueError, TypeError, KeyError) as exc:  # the engine raises on some malformed parameters
+        problems = [str(exc.args[0]) if exc.args else type(exc).__name__]
     if config.get("method") == "bayes" and "metric" not in config:
         problems.append("method `bayes` needs a `metric: {name: ..., goal: minimize|maximize}` section")
     command = config.get("command", DEFAULT_COMMAND)
@@ -74,7 +77,7 @@ def schema_violations(config: Any) -> list[str]:
         problems.append("`command` passes no parameters: add `${args}` (W&B turns it into --name=value flags)")
     if isinstance(command, list) and "${program}" in command and not config.get("program"):
         problems.append("`command` uses ${program} but there is no `program:` entry")
-    return problems
+    return list(dict.fromkeys(problems))  # the engine reports some problems twice (e.g. min >= max)
 
 
 def load_sweep(path: str | os.PathLike, method: str | None = None) -> dict[str, Any]:
@@ -281,7 +284,7 @@ def run_sweep(path: str | os.PathLike, count: int, method: str | None = None, ou
     atomic_write_text(sweep_dir / "leaderboard.json", json.dumps(
         {"sweep": sweep_id, "method": config["method"], "metric": metric,
          "trials": [{k: v for k, v in t.__dict__.items() if k != "history"} for t in trials]}, indent=2) + "\n")
-    if shutil.which("wandb"):
+    if shutil.which("wandb") and any(sweep_dir.glob("trials/*/wandb/offline-run-*")):
         print(f"[sweep] upload later: wandb sync {sweep_dir}/trials/*/wandb/offline-run-*", flush=True)
     return trials
 

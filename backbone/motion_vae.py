@@ -321,6 +321,11 @@ class MotionVAE(nn.Module):
         super().__init__()
         if momentum_window < 1:
             raise ValueError(f"momentum_window must be >= 1, got {momentum_window}.")
+        for name, value in (("position_dim", position_dim), ("content_dim", content_dim), ("frame_dim", frame_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if motion_hidden is not None and (isinstance(motion_hidden, bool) or not isinstance(motion_hidden, int) or motion_hidden < 1):
+            raise ValueError(f"motion_hidden must be an integer >= 1, or null for the default num_actions * position_dim; got {motion_hidden!r}.")
         self.num_actions, self.dim, self.content_dim = num_actions, position_dim, content_dim
         self.image_size, self.in_channels = image_size, in_channels
         hidden = motion_hidden or num_actions * position_dim

@@ -222,6 +222,10 @@ class TransformNet(nn.Module):
             raise ValueError(f"Unknown T_Z head {head!r}; expected one of {TZ_HEADS}.")
         if head == "pivot" and keypoints < 2:
             raise ValueError(f"The 'pivot' T_Z head needs at least 2 keypoints (for its Procrustes rotation), got {keypoints}.")
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"tz_hidden must be an integer >= 1 (the width of T_Z's hidden layer), got {hidden!r}.")
+        if any(int(c) < 1 for c in channels):
+            raise ValueError(f"tz_channels must be positive widths, got {list(channels)}.")
         self.head = head
         layers: list[nn.Module] = []
         c_prev = 2 * feature_channels + 2  # both feature maps + 2 coordinate channels

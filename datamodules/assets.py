@@ -17,7 +17,6 @@ import lzma
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
@@ -103,26 +102,33 @@ def manifest_files(group: str) -> list[str]:
     return sorted(p for p in load_manifest() if p.split("/", 1)[0] == group)
 
 
-def verify_files(root: Path, relpaths: Iterable[str]) -> None:
-    """Check that each file exists and matches its manifest SHA-256; raise ``AssetError`` if not."""
+def file_problems(root: Path, relpaths: Iterable[str]) -> list[str]:
+    """One message per file that is unknown, missing or does not match its manifest SHA-256."""
     manifest = load_manifest()
+    problems = []
     for rel in relpaths:
         path = root / rel
         if rel not in manifest:
-            raise AssetError(f"{rel} is not a known asset (no checksum in {MANIFEST_PATH.name}).")
-        if not path.is_file():
-            raise AssetError(
+            problems.append(f"{rel} is not a known asset (no checksum in {MANIFEST_PATH.name}).")
+        elif not path.is_file():
+            problems.append(
                 f"Asset file {path} is missing. Restore it from the assets bundle, or run "
                 f"`python -m datamodules.assets fetch --root {root}` on a machine with internet."
             )
-        expected = manifest[rel]["sha256"]
-        actual = sha256_of(path)
-        if actual != expected:
-            raise AssetError(
-                f"Asset file {path} is corrupt: SHA-256 {actual} but expected {expected}. "
+        elif (actual := sha256_of(path)) != manifest[rel]["sha256"]:
+            problems.append(
+                f"Asset file {path} is corrupt: SHA-256 {actual} but expected {manifest[rel]['sha256']}. "
                 f"Replace it with the original (see {rel.split('/', 1)[0]}/PROVENANCE.md), or run "
                 f"`python -m datamodules.assets fetch --root {root}`."
             )
+    return problems
+
+
+def verify_files(root: Path, relpaths: Iterable[str]) -> None:
+    """Check that each file exists and matches its manifest SHA-256; raise ``AssetError`` naming every bad one."""
+    problems = file_problems(root, relpaths)
+    if problems:
+        raise AssetError("\n".join(problems))
 
 
 def asset_path(rel: str, assets_root: str | os.PathLike | None = None, verify: bool = True) -> Path:
@@ -142,15 +148,10 @@ def verify_group(group: str, assets_root: str | os.PathLike | None = None) -> Pa
 
 # --------------------------------------------------------------------------- fetching
 def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from lightning_modules.common import atomic_output
+
+    with atomic_output(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        shutil.copyfileobj(resp, out)
 
 
 def _repack_reed_mat(mat_path: Path, dest: Path) -> None:
@@ -159,16 +160,11 @@ def _repack_reed_mat(mat_path: Path, dest: Path) -> None:
 
     from datamodules.reed_sprites import read_reed_mat
 
+    from lightning_modules.common import atomic_output
+
     sprites = read_reed_mat(mat_path)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    os.close(fd)
-    try:
-        with lzma.open(tmp, "wb") as f:
-            np.save(f, sprites["rgba"], allow_pickle=False)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(dest) as tmp, lzma.open(tmp, "wb") as f:
+        np.save(f, sprites["rgba"], allow_pickle=False)
 
 
 def fetch_assets(root: str | os.PathLike, groups: Iterable[str] = tuple(GROUPS), timeout: float = 60.0) -> None:
@@ -223,16 +219,46 @@ def write_manifest(root: Path) -> None:
             if path.is_file():
                 rel = path.relative_to(root).as_posix()
                 files[rel] = {"sha256": sha256_of(path), "size": path.stat().st_size}
-    tmp = MANIFEST_PATH.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=0, sort_keys=True) + "\n")
-    os.replace(tmp, MANIFEST_PATH)
+    from lightning_modules.common import atomic_write_text
+
+    atomic_write_text(MANIFEST_PATH, json.dumps({"files": files}, indent=0, sort_keys=True) + "\n")
+
+
+def verify_all(assets_root: str | None = None, cache_dir: str | None = None) -> None:
+    """``verify``: every asset group and every dataset cache, reporting each bad file (not only the first).
+
+    A corrupt cache is removed (the next run rebuilds it). Raises ``AssetError`` when any asset
+    file failed; caches never fail the command (they are derived data).
+    """
+    from datamodules.cache import verify_caches
+
+    root = resolve_assets_root(assets_root)
+    bad = []
+    for group in GROUPS:
+        files = manifest_files(group)
+        if not (root / group).is_dir():
+            problems = [f"Asset folder {root / group} ({GROUPS[group]}, {len(files)} files) is missing. Restore it from "
+                        f"the assets bundle, or run `python -m datamodules.assets fetch --root {root}` with internet."]
+        else:
+            problems = file_problems(root, files)
+        print(f"ok  {group}: {len(files)} files under {root / group}" if not problems
+              else f"BAD {group}: {len(problems)} problem(s) under {root / group}")
+        for problem in problems:
+            print(f"    {problem}")
+        bad += problems
+    for folder, problem in verify_caches(cache_dir):
+        print(f"BAD cache {folder}: {problem}" if problem else f"ok  cache {folder.name}")
+    if bad:
+        more = f" (and {len(bad) - 1} more problem(s), listed above)" if len(bad) > 1 else ""
+        raise AssetError(bad[0] + more)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datamodules.assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    verify = sub.add_parser("verify", help="check every asset file against its checksum")
+    verify = sub.add_parser("verify", help="check every asset file and every dataset cache against its checksum")
     verify.add_argument("--root", default=None)
+    verify.add_argument("--cache_dir", default=None, help="cache root (default: $SCENEMOTION_CACHE, else ~/.cache/scenemotion)")
     fetch = sub.add_parser("fetch", help="download missing/corrupt files from upstream (internet)")
     fetch.add_argument("--root", required=True)
     fetch.add_argument("--groups", nargs="*", default=list(GROUPS))
@@ -241,9 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "verify":
-            for group in GROUPS:
-                root = verify_group(group, args.root)
-                print(f"ok  {group}: {len(manifest_files(group))} files under {root / group}")
+            verify_all(args.root, args.cache_dir)
         elif args.command == "fetch":
             fetch_assets(args.root, args.groups)
         else:

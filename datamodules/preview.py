@@ -7,7 +7,8 @@ Examples::
     python -m datamodules.preview --config configs/mnist_equivariant_cpu.yaml --out preview.png
 
 One row per clip, one column per frame (at most ``--frames`` frames). With ``--config`` the
-``data.init_args.source`` of a training config is used.
+``data.init_args.source`` of a training config is used; ``--source.init_args.*`` options then
+override its values (``--source CLASS`` together with ``--config`` is refused: give one).
 """
 
 from __future__ import annotations
@@ -23,14 +24,25 @@ from jsonargparse import ArgumentParser
 from torchvision.utils import make_grid, save_image
 
 from datamodules.base import ClipSource
-from lightning_modules.common import atomic_output
+from lightning_modules.common import atomic_output, user_error_message
 
 
 def preview_grid(source: ClipSource, split: str = "test", clips: int = 8, frames: int = 8,
                  assets_root: str | None = None, cache_dir: str | None = None) -> torch.Tensor:
     """(3, H, W) grid image: ``clips`` rows of up to ``frames`` frames of one split."""
+    return preview_rows(source, split, clips, frames, assets_root, cache_dir)[0]
+
+
+def preview_rows(source: ClipSource, split: str = "test", clips: int = 8, frames: int = 8,
+                 assets_root: str | None = None, cache_dir: str | None = None) -> tuple[torch.Tensor, int]:
+    """``(grid, number of rows)``: the split may hold fewer than ``clips`` clips."""
+    for name, value in (("clips", clips), ("frames", frames)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name} must be an integer >= 1, got {value!r}.")
     source.prepare(assets_root, cache_dir)
     dataset = source.dataset(split, assets_root, cache_dir)
+    if len(dataset) == 0:
+        raise ValueError(f"The {split} split of {type(source).__name__} has no clips to preview; choose another --split.")
     count = min(clips, len(dataset))
     stride = max(1, len(dataset) // count)
     rows = []
@@ -41,7 +53,7 @@ def preview_grid(source: ClipSource, split: str = "test", clips: int = 8, frames
         if clip.shape[0] < frames:  # pad short clips with blank frames so rows align
             clip = F.pad(clip, (0, 0, 0, 0, 0, 0, 0, frames - clip.shape[0]))
         rows.append(clip)
-    return make_grid(torch.cat(rows), nrow=frames, padding=2, pad_value=1.0)
+    return make_grid(torch.cat(rows), nrow=frames, padding=2, pad_value=1.0), count
 
 
 def write_png(image: torch.Tensor, out: str | os.PathLike) -> Path:
@@ -68,8 +80,15 @@ def source_from_config(path: str) -> dict:
     """The ``data.init_args.source`` section of a training config (as a parser namespace)."""
     import yaml
 
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    if not Path(path).is_file():
+        raise SystemExit(f"error: config {path} does not exist (--config takes a training config, e.g. configs/mnist_equivariant_cpu.yaml).")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise SystemExit(f"error: {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}.") from None
     try:
         return config["data"]["init_args"]["source"]
     except (KeyError, TypeError):
@@ -78,17 +97,32 @@ def source_from_config(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configs = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--config"] + [t[9:] for t in argv if t.startswith("--config=")]
+    if configs:
+        if any(token == "--source" or token.startswith("--source=") for token in argv):
+            parser.error("--source and --config both choose the dataset: give one (--source.init_args.* may override the config's)")
+        # the config's source first, so that --source.init_args.* on the command line override it
+        argv = ["--source", json.dumps(source_from_config(configs[-1]))] + argv
     args = parser.parse_args(argv)
-    if args.config:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        args = parser.parse_args(argv + ["--source", json.dumps(source_from_config(args.config))])
+    for name in ("clips", "frames"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.source is None:
         parser.error("give a dataset with --source CLASS (e.g. datamodules.MovingMNIST) or --config FILE")
-    source = parser.instantiate_classes(args).source
-    grid = preview_grid(source, args.split, args.clips, args.frames, args.assets_root, args.cache_dir)
+    try:
+        source = parser.instantiate_classes(args).source
+        grid, count = preview_rows(source, args.split, args.clips, args.frames, args.assets_root, args.cache_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        parser.exit(2, f"error: {message}\n")
     out = write_png(grid, args.out)
-    print(f"wrote {out} ({args.clips} clips of the {args.split} split of {type(source).__name__})")
+    capped = f" (the split has only {count})" if count < args.clips else ""
+    print(f"wrote {out} ({count} clips of the {args.split} split of {type(source).__name__}{capped})")
     return out
+
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Layout, under ``root`` (hidden entries, starting with ``.``, are ignored):
   directly (every top-level folder holds only clip folders and/or videos); the action names
   are the top-level folder names, sorted, and items gain ``action`` and ``label`` (= action).
 
-Decoding: frames and GIFs with Pillow (images with transparency are composited on black);
+Decoding: frames and GIFs with Pillow (images with transparency are composited on black; 16-bit
+grayscale frames are scaled to 8 bits by their real values);
 other video formats with ``torchcodec``, ``av`` (PyAV) or ``imageio`` (v3, with its ffmpeg
 plugin), whichever is installed (torchvision 0.29 no longer decodes video). Every frame is
 centre-cropped to a square (the shorter side) and resized to ``image_size`` with Pillow's
@@ -51,8 +52,22 @@ def _visible(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if not p.name.startswith("."))
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth grayscale (``I;16*``, ``I``: 16-bit PNG frames; ``F``) as 8-bit ``L`` with its real values.
+
+    Pillow's ``convert("RGB")`` clips these modes at 255, so a 16-bit frame came out all white.
+    Integer modes hold 16-bit samples (0..65535 -> 0..255); float images are taken as 0..1.
+    """
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
 def _square_resize(image: Image.Image, size: int) -> np.ndarray:
     """Centre-crop to a square, resize (antialiased bicubic), return uint8 ``h w 3``."""
+    image = _to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)

@@ -888,7 +888,12 @@ def load_judge(path: str, device: torch.device | str = "cpu") -> nn.Module:
             f"(python cli.py fit --config configs/sprites_judge_cpu.yaml) and pass its checkpoint "
             f"(lightning_logs/version_*/checkpoints/*.ckpt)."
         )
-    judge = SequenceJudgeModule.load_from_checkpoint(str(p), map_location=device)
+    from lightning_modules.common import load_module_checkpoint
+
+    judge = load_module_checkpoint(
+        SequenceJudgeModule, p, device, needs="judge_checkpoint must be a SequenceJudgeModule (judge) checkpoint",
+        advice="Pass the judge's checkpoint (python cli.py fit --config configs/sprites_judge_cpu.yaml writes it).",
+    )
     judge.eval()
     judge.requires_grad_(False)
     return judge

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lightning_modules.common import atomic_write_text, format_table, save_image_atomic
+from lightning_modules.common import CheckpointError, atomic_write_text, format_table, load_module_checkpoint, save_image_atomic
 from lightning_modules.scene_evaluation import tz_analysis, write_npz
 
 # ============================================================================ PIL plotting
@@ -206,7 +206,8 @@ def load_scene(ckpt: str | Path, device: torch.device):
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist: pass --ckpt <run>/checkpoints/last.ckpt of an equivariant run.")
-    module = EquivariantSceneModule.load_from_checkpoint(path, map_location=device)
+    module = load_module_checkpoint(EquivariantSceneModule, path, device, needs="tz_analysis needs an EquivariantSceneModule checkpoint",
+                                    advice="Pass --ckpt <run>/checkpoints/last.ckpt of an equivariant run.")
     if module.hparams.use_ground_truth_transform:
         raise ValueError(
             f"{path} is a T_Z := T_X ablation checkpoint (use_ground_truth_transform: true): its T_Z network was never trained, "
@@ -275,4 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (CheckpointError, FileNotFoundError) as exc:  # one line naming the file (CheckpointError says what it is)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -104,7 +104,8 @@ def test_fetch_skips_files_that_are_already_valid(mnist_copy, monkeypatch):
     assets.fetch_assets(mnist_copy, groups=["mnist"])
 
 
-def test_verify_command_reports_corruption(mnist_copy, capsys):
+def test_verify_command_reports_corruption(mnist_copy, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCENEMOTION_CACHE", str(tmp_path / "cache"))  # verify also checks the caches: never the real one
     (mnist_copy / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"not mnist")
     with pytest.raises(SystemExit, match="error: .*train-labels-idx1-ubyte.gz is corrupt"):
         assets.main(["verify", "--root", str(mnist_copy)])
