@@ -120,7 +120,7 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     assert judge["eval_seeds"] == [0, 1]
     scores = judge["generated_prior_motion"]
     assert 0 <= scores["accuracy"]["mean"] <= 1 and len(scores["accuracy"]["per_seed"]) == 2
-    assert 1 <= scores["inception_score"]["mean"] <= 9 + 1e-4
+    assert 1 - 1e-4 <= scores["inception_score"]["mean"] <= 9 + 1e-4  # IS >= 1 up to float round-off
     assert 0 <= scores["entropy_marginal"]["mean"] <= torch.log(torch.tensor(9.0)).item() + 1e-4
     assert set(judge["attribute_accuracy_motion_changed"]["swap"]) == {"skin", "pants", "top", "hair"}
     # where disentanglement fails: action x view of prior motion, the judge's ceilings, leakage, prior vs posterior
