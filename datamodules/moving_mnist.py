@@ -53,6 +53,7 @@ poses), ``transfer_poses`` (apply one clip's motion to another clip's digit),
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from typing import Mapping, Sequence
@@ -61,7 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.base import ClipDataset, ClipSource, check_split, relative_affine, to_float_frames
+from datamodules.base import ClipDataset, ClipSource, check_split, relative_affine
 from datamodules.backgrounds import RECIPE_VERSION as BACKGROUND_RECIPE_VERSION
 from datamodules.backgrounds import split_backgrounds
 from datamodules.cache import cached_arrays
@@ -90,6 +91,14 @@ def _pixel_to_norm(size: int) -> np.ndarray:
     """3x3 map from pixel coords (x, y; pixel centres at integers) to ``align_corners=False``
     normalised coords ``u = (2x + 1) / size - 1``."""
     return np.array([[2.0 / size, 0.0, 1.0 / size - 1.0], [0.0, 2.0 / size, 1.0 / size - 1.0], [0.0, 0.0, 1.0]])
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_to_pixel(size: int) -> np.ndarray:
+    """``inv(_pixel_to_norm(size))``, computed once (read-only)."""
+    out = np.linalg.inv(_pixel_to_norm(size))
+    out.flags.writeable = False
+    return out
 
 
 def _homogeneous(theta: np.ndarray) -> np.ndarray:
@@ -156,14 +165,13 @@ def _poses_from_forward(forward: np.ndarray, size: int) -> np.ndarray:
     (digit px -> frame-t px); returns float64 ``(b, t, n, 2, 3)``."""
     norm = _pixel_to_norm(size)
     q = forward[:, :1] @ np.linalg.inv(forward)  # frame-t px -> frame-0 px
-    return (norm @ q @ np.linalg.inv(norm))[..., :2, :]
+    return (norm @ q @ _norm_to_pixel(size))[..., :2, :]
 
 
 def _pixel_poses(poses: np.ndarray, size: int) -> np.ndarray:
     """Normalised pose thetas (..., 2, 3) -> pixel-space 3x3 maps ``Q = N^{-1} P N``
     (frame-t px -> frame-0 px)."""
-    norm = _pixel_to_norm(size)
-    return np.linalg.inv(norm) @ _homogeneous(np.asarray(poses, dtype=np.float64)) @ norm
+    return _norm_to_pixel(size) @ _homogeneous(np.asarray(poses, dtype=np.float64)) @ _pixel_to_norm(size)
 
 
 def digit_centres(poses: np.ndarray, offsets: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -175,7 +183,7 @@ def digit_centres(poses: np.ndarray, offsets: np.ndarray, size: int = IMAGE_SIZE
 
 
 def sample_motion(
-    digits: np.ndarray, rng: np.random.Generator, num_frames: int, image_size: int = IMAGE_SIZE
+    digits: np.ndarray, rng: np.random.Generator | Sequence[np.random.Generator], num_frames: int, image_size: int = IMAGE_SIZE
 ) -> dict[str, np.ndarray]:
     """Random placement and cumulative steps for a batch of digits (paper 000 §4.3).
 
@@ -185,13 +193,26 @@ def sample_motion(
     ``step_translation`` float32 ``(b, t-1, n, 2)``. The redraw loop ("if the character leaves
     the image boundaries, we redo the transformation selection") is vectorised over the
     digits that still need a valid step.
+
+    ``rng`` is one generator for the whole batch, or a sequence of ``b`` generators, one per
+    clip: clip ``c``'s digits then draw from ``rng[c]`` alone, exactly the values
+    ``sample_motion(digits[c:c+1], rng[c], ...)`` would draw (the geometry is still vectorised
+    over the whole batch; the train split batches its per-key clips this way).
     """
     b, n = digits.shape[:2]
+    if isinstance(rng, np.random.Generator):
+        groups = [(rng, slice(0, b * n))]
+    else:
+        if len(rng) != b:
+            raise ValueError(f"sample_motion: {len(rng)} generators for {b} clips.")
+        groups = [(g, slice(c * n, (c + 1) * n)) for c, g in enumerate(rng)]
+    group_of = np.repeat(np.arange(len(groups)), n) if len(groups) > 1 else None
     flat = np.asarray(digits).reshape(b * n, DIGIT_SIZE, DIGIT_SIZE)
     pts = _extreme_points(flat)
     lo = np.maximum(0, np.ceil(BORDER_MARGIN - pts.min(axis=1))).astype(np.int64)
     hi = np.minimum(image_size - DIGIT_SIZE, np.floor(image_size - 1 - BORDER_MARGIN - pts.max(axis=1))).astype(np.int64)
-    offsets = rng.integers(lo, np.maximum(hi, lo) + 1)  # (b*n, 2)
+    hi = np.maximum(hi, lo) + 1
+    offsets = np.concatenate([g.integers(lo[sl], hi[sl]) for g, sl in groups]) if len(groups) > 1 else groups[0][0].integers(lo, hi)
     forward = np.empty((num_frames, b * n, 3, 3))
     forward[0] = _translation(offsets.astype(np.float64))
     kind = np.zeros((num_frames - 1, b * n), dtype=np.int8)
@@ -201,10 +222,7 @@ def sample_motion(
     for t in range(1, num_frames):
         pending = np.arange(b * n)
         for _ in range(MAX_REDRAW_ROUNDS):
-            m = len(pending)
-            k = rng.integers(0, 2, m).astype(np.int8)
-            a = rng.choice(ROTATIONS_DEG, m)
-            s = rng.choice(TRANSLATIONS_PX, (m, 2))
+            k, a, s = _draw_steps(groups, group_of, pending)
             prev = forward[t - 1, pending]
             centre = (prev @ centre_local)[:, :2]
             cand = _step_matrices(k, a, s, centre) @ prev
@@ -226,6 +244,27 @@ def sample_motion(
         "step_angle": angle.reshape(num_frames - 1, b, n).transpose(1, 0, 2),
         "step_translation": shift.reshape(num_frames - 1, b, n, 2).transpose(1, 0, 2, 3),
     }
+
+
+def _choice(rng: np.random.Generator, values: np.ndarray, size) -> np.ndarray:
+    """``rng.choice(values, size)`` (uniform, with replacement): the same draw and the same
+    generator state (``Generator.choice`` draws ``integers(0, len(values), size)``; checked in
+    tests/test_moving_mnist.py), without ``choice``'s per-call overhead."""
+    return values[rng.integers(0, len(values), size)]
+
+
+def _draw_steps(groups, group_of: np.ndarray | None, pending: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step candidates (kind, angle, shift) for the ``pending`` digits (ascending rows); each
+    group draws from its own generator, in the order a lone ``sample_motion`` call would."""
+    if group_of is None:
+        rng, m = groups[0][0], len(pending)
+        return rng.integers(0, 2, m).astype(np.int8), _choice(rng, ROTATIONS_DEG, m), _choice(rng, TRANSLATIONS_PX, (m, 2))
+    counts = np.bincount(group_of[pending], minlength=len(groups))
+    draws = []
+    for g in np.flatnonzero(counts):
+        rng, m = groups[g][0], int(counts[g])
+        draws.append((rng.integers(0, 2, m).astype(np.int8), _choice(rng, ROTATIONS_DEG, m), _choice(rng, TRANSLATIONS_PX, (m, 2))))
+    return tuple(np.concatenate(parts) for parts in zip(*draws))
 
 
 # ============================================================================ rendering
@@ -267,7 +306,7 @@ def render_layers(digits, offsets, poses, image_size: int = IMAGE_SIZE) -> torch
             f"must agree as (b, n, 28, 28), (b, n, 2), (b, t, n, 2, 3)."
         )
     # frame-t norm -> frame-0 norm -> frame-0 px -> digit px -> digit norm
-    to_digit = _pixel_to_norm(DIGIT_SIZE) @ _translation(-offsets) @ np.linalg.inv(_pixel_to_norm(image_size))
+    to_digit = _pixel_to_norm(DIGIT_SIZE) @ _translation(-offsets) @ _norm_to_pixel(image_size)
     theta = (to_digit[:, None] @ poses64)[..., :2, :]
     theta = torch.from_numpy(theta.reshape(b * t * n, 2, 3).astype(np.float32))
     src = digits[:, None].expand(b, t, n, DIGIT_SIZE, DIGIT_SIZE).reshape(b * t * n, 1, DIGIT_SIZE, DIGIT_SIZE)
@@ -530,16 +569,34 @@ class _MovingMNISTSplit(ClipDataset):
         raise NotImplementedError
 
     def get(self, index: int, frames: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        rec = self.record(index)
-        sel = self._frame_index(frames)
+        return {k: v[0] for k, v in self.get_batch([index], [frames]).items()}
+
+    def get_batch(self, indices: Sequence[int], frames: Sequence[Sequence[int] | None]) -> dict[str, torch.Tensor]:
+        """``get`` of many clips at once, stacked: clip ``indices[c]`` restricted to ``frames[c]``
+        (the same number of frames for every clip). Bit-identical to stacking ``get`` calls,
+        several times cheaper (the pair loader uses it through ``FramePairs.__getitems__``).
+        Returns ``frames`` (b, f, 3, h, w), ``masks`` (b, f, 1, h, w), ``background``
+        (b, 3, h, w), ``poses`` (b, f, n, 2, 3), ``digit_labels`` (b, n), ``index`` (b,)."""
+        if len(indices) != len(frames):
+            raise ValueError(f"Moving MNIST get_batch: {len(indices)} indices but {len(frames)} frame selections.")
+        sel = [self._frame_index(f) for f in frames]
+        if len({len(x) for x in sel}) > 1:
+            raise ValueError("Moving MNIST get_batch: every clip needs the same number of frames.")
+        sel = np.stack(sel) if sel else np.zeros((0, 0), dtype=np.int64)
+        uint8_frames, masks, backgrounds, poses, labels = self._select(indices, sel)
         return {
-            "frames": to_float_frames(rec["frames"][sel]),
-            "masks": torch.from_numpy(np.array(rec["masks"][sel])).float()[:, None],
-            "background": torch.from_numpy(np.array(rec["background"])).permute(2, 0, 1).float().div_(255.0),
-            "poses": torch.from_numpy(np.array(rec["poses"][sel], dtype=np.float32)),
-            "digit_labels": torch.from_numpy(np.array(rec["digit_labels"], dtype=np.int64)),
-            "index": torch.tensor(int(index), dtype=torch.int64),
+            "frames": uint8_frames.permute(0, 1, 4, 2, 3).float().div_(255.0),
+            "masks": masks.float()[:, :, None],
+            "background": torch.from_numpy(np.ascontiguousarray(backgrounds)).permute(0, 3, 1, 2).float().div_(255.0),
+            "poses": torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32)),
+            "digit_labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+            "index": torch.tensor([int(i) for i in indices], dtype=torch.int64),
         }
+
+    def _select(self, indices: Sequence[int], sel: np.ndarray) -> tuple:
+        """uint8 frames (b, f, h, w, 3) and masks (b, f, h, w) (torch), backgrounds (b, h, w, 3),
+        poses (b, f, n, 2, 3) and digit labels (b, n) (numpy) of the selected frames."""
+        raise NotImplementedError
 
 
 class ProceduralMovingMNIST(_MovingMNISTSplit):
@@ -569,6 +626,28 @@ class ProceduralMovingMNIST(_MovingMNISTSplit):
         rec.update(digits=self.digits[digit_idx], digit_indices=digit_idx, digit_labels=self.labels[digit_idx],
                    background_index=np.int64(bg_idx), background=self.backgrounds[bg_idx])
         return rec
+
+    def _select(self, indices: Sequence[int], sel: np.ndarray) -> tuple:
+        """The clips of ``record`` (same per-key generators, same values), generated as one batch
+        and rendered at the selected frames only."""
+        rngs, digit_idx, bg_idx = [], [], []
+        for index in indices:
+            key = int(index)
+            if key < 0:
+                raise IndexError(f"Moving MNIST train: clip key must be >= 0, got {key}.")
+            rng = np.random.default_rng([self.seed, SPLIT_IDS["train"], key])
+            digit_idx.append(rng.choice(len(self.digits), self.num_digits, replace=False))
+            bg_idx.append(int(rng.integers(0, len(self.backgrounds))))
+            rngs.append(rng)
+        digit_idx = np.array(digit_idx, dtype=np.int64).reshape(len(indices), self.num_digits)
+        bg_idx = np.array(bg_idx, dtype=np.int64)
+        digits, backgrounds = self.digits[digit_idx], self.backgrounds[bg_idx]
+        motion = sample_motion(digits, rngs, self.num_frames, self.image_size)
+        poses = _poses_from_forward(motion["forward"], self.image_size).astype(np.float32)
+        poses = poses[np.arange(len(indices))[:, None], sel]
+        with torch.inference_mode():
+            frames, masks = render_uint8(digits, motion["offsets"], poses, backgrounds, self.image_size)
+        return frames, masks, backgrounds, poses, self.labels[digit_idx]
 
 
 class CachedMovingMNIST(_MovingMNISTSplit):
@@ -603,6 +682,18 @@ class CachedMovingMNIST(_MovingMNISTSplit):
         rec["background_index"] = rec.pop("background_indices")
         rec["background"] = self.backgrounds[int(rec["background_index"])]
         return rec
+
+    def _select(self, indices: Sequence[int], sel: np.ndarray) -> tuple:
+        n = len(self)
+        for index in indices:
+            if not -n <= int(index) < n:
+                raise IndexError(f"Moving MNIST {self.split}: clip {index} out of range ({n} clips).")
+        idx = np.array([int(i) % n for i in indices], dtype=np.int64)
+        rows = idx[:, None]
+        a = self.arrays
+        frames = torch.from_numpy(np.ascontiguousarray(a["frames"][rows, sel]))
+        masks = torch.from_numpy(np.ascontiguousarray(a["masks"][rows, sel]))
+        return frames, masks, self.backgrounds[a["background_indices"][idx]], a["poses"][rows, sel], a["digit_labels"][idx]
 
 
 # ============================================================================ the source

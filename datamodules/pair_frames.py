@@ -18,22 +18,42 @@ class FramePairs(KeyedView):
         super().__init__(clips, split, seed)
         self.max_gap = max_gap
 
-    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+    def pick(self, key: int) -> tuple[int, int, int]:
+        """``(clip index, i, j)`` of item ``key``."""
         index, rng = self.locate(key)
         length = self.clips.clip_length(index)
         if length < 2:
             raise ValueError(f"Clip {index} of the {self.split} split has {length} frame(s); pairs need at least 2.")
         i = int(rng.integers(length))
         choices = [j for j in range(length) if j != i and (self.max_gap is None or abs(j - i) <= self.max_gap)]
-        j = int(choices[rng.integers(len(choices))])
-        clip = self.clips.get(index, [i, j])
-        item = {"x1": clip["frames"][0], "x2": clip["frames"][1], "i": torch.tensor(i), "j": torch.tensor(j)}
+        return index, i, int(choices[rng.integers(len(choices))])
+
+    @staticmethod
+    def _pair(clip: dict[str, torch.Tensor], i, j) -> dict[str, torch.Tensor]:
+        """The item from ``clip`` holding frames (i, j) (one clip, or stacked clips on dim 0)."""
+        a = (slice(None),) * (clip["frames"].dim() - 4)
+        item = {"x1": clip["frames"][a + (0,)], "x2": clip["frames"][a + (1,)], "i": torch.tensor(i), "j": torch.tensor(j)}
         if "masks" in clip:
-            item["mask1"], item["mask2"] = clip["masks"][0], clip["masks"][1]
+            item["mask1"], item["mask2"] = clip["masks"][a + (0,)], clip["masks"][a + (1,)]
         if "poses" in clip:
-            item["T_X"] = relative_affine(clip["poses"][0], clip["poses"][1])
+            item["T_X"] = relative_affine(clip["poses"][a + (0,)], clip["poses"][a + (1,)])
         item.update({k: clip[k] for k in PASSTHROUGH if k in clip})
         return item
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        index, i, j = self.pick(key)
+        return self._pair(self.clips.get(index, [i, j]), i, j)
+
+    def __getitems__(self, keys: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch of items (the DataLoader's batched fetch): one ``get_batch`` call where the
+        clips support it (Moving MNIST: the clips are generated and rendered as one batch),
+        the same items as ``[self[k] for k in keys]``."""
+        get_batch = getattr(self.clips, "get_batch", None)
+        if get_batch is None or not keys:
+            return [self[k] for k in keys]
+        picks = [self.pick(k) for k in keys]
+        items = self._pair(get_batch([p[0] for p in picks], [[p[1], p[2]] for p in picks]), [p[1] for p in picks], [p[2] for p in picks])
+        return [{k: v[b] for k, v in items.items()} for b in range(len(keys))]
 
 
 class PairFramesDataModule(ClipDataModule):

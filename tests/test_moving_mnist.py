@@ -199,6 +199,54 @@ def test_train_is_procedural_and_deterministic_per_key():
         ds.get(0, frames=[5])
 
 
+def test_choice_shortcut_is_generator_choice():
+    """``_choice`` (the step draws) must match ``Generator.choice`` value for value and leave the
+    generator in the same state: the train clips of a seed depend on it."""
+    for seed in range(50):
+        r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+        for size in (1, 3, (2, 2)):
+            assert np.array_equal(r1.choice(mm.ROTATIONS_DEG, size), mm._choice(r2, mm.ROTATIONS_DEG, size))
+        assert r1.integers(1 << 62) == r2.integers(1 << 62)
+
+
+def test_batched_train_pairs_are_the_per_clip_pairs(cache_dir):
+    """Speed (issue 17): the pair loader generates a batch of train clips at once (per-key
+    generators, geometry vectorised over the batch) and renders only frames i, j; the items
+    are bit-identical to the one-clip path (``record``: all frames of one clip)."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.pair_frames import FramePairs
+
+    for n in (1, 2):
+        ds = small_source(num_digits=n).dataset("train")
+        digits = [ds.record(k)["digits"][None] for k in (40, 41, 42)]
+        rngs = [np.random.default_rng(k) for k in (1, 2, 3)]
+        batched = mm.sample_motion(np.concatenate(digits), rngs, 5)
+        for c, d in enumerate(digits):
+            alone = mm.sample_motion(d, np.random.default_rng(c + 1), 5)
+            for key in alone:
+                assert np.array_equal(batched[key][c], alone[key][0]), key
+        for key in (0, 5, 123):
+            rec, got = ds.record(key), ds.get(key, [3, 0])
+            assert torch.equal(got["frames"], torch.from_numpy(rec["frames"][[3, 0]]).permute(0, 3, 1, 2).float() / 255)
+            assert torch.equal(got["masks"][:, 0], torch.from_numpy(rec["masks"][[3, 0]]).float())
+            assert torch.equal(got["poses"], torch.from_numpy(rec["poses"][[3, 0]]))
+        for split in ("train", "val"):
+            view = FramePairs(small_source(num_digits=n).dataset(split, cache_dir=cache_dir), split, 3, None)
+            keys = list(range(70, 90)) if split == "train" else list(range(24))
+            batch = view.__getitems__(keys)
+            assert len(batch) == len(keys)
+            for k, item in zip(keys, batch):
+                single = view[k]
+                assert item.keys() == single.keys() and {"x1", "x2", "T_X", "mask1", "background"} <= set(item)
+                for name in item:
+                    assert torch.equal(item[name], single[name]), (split, name)
+            loaded = next(iter(DataLoader(view, batch_size=4)))  # the DataLoader uses __getitems__
+            assert torch.equal(loaded["x2"], torch.stack([view[k]["x2"] for k in range(4)]))
+    with pytest.raises(ValueError, match="same number of frames"):
+        ds.get_batch([0, 1], [[0, 1], [2]])
+
+
 def _check_item(item, n):
     assert item["frames"].shape == (5, 3, 64, 64) and item["frames"].dtype == torch.float32
     assert 0.0 <= item["frames"].min() and item["frames"].max() <= 1.0
