@@ -293,15 +293,6 @@ class MotionVAE(nn.Module):
         operator_init_std: initial scale of the operators' free parameters.
         output_activation: decoder output, ``"sigmoid"`` or ``"linear"`` (``FrameDecoder``).
         output_bias: initial bias of the decoder's last layer (``FrameDecoder``).
-        state_norm: not in the paper: every start state ``s = (q, p)`` is projected onto the unit
-            sphere of its subspace before the rollout, in the posterior and the prior alike (the
-            authors' released code normalises its states per subspace). The prior is then N(0, I)
-            projected, the uniform distribution on the sphere; with ``"skew-H"`` (orthogonal
-            flow) whole trajectories stay on it. The Gaussian KL still bounds the KL of the
-            projected distributions, so eq. 17 stays a valid bound.
-        render_momentum: not in the paper: the decoder reads the whole state ``(q_t, p_t)``
-            instead of ``q_t`` alone (needed with ``position_dim = 1``, where ``q`` alone cannot tell
-            a pose going forward from the same pose going back).
     """
 
     def __init__(
@@ -326,8 +317,6 @@ class MotionVAE(nn.Module):
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
         output_bias: float = 0.0,
-        state_norm: bool = False,
-        render_momentum: bool = False,
     ) -> None:
         super().__init__()
         if momentum_window < 1:
@@ -340,14 +329,12 @@ class MotionVAE(nn.Module):
         self.num_actions, self.dim, self.content_dim = num_actions, position_dim, content_dim
         self.image_size, self.in_channels = image_size, in_channels
         hidden = motion_hidden or num_actions * position_dim
-        self.state_norm, self.render_momentum = state_norm, render_momentum
-        rendered = num_actions * position_dim * (2 if render_momentum else 1)
         self.encoder = FrameEncoder(image_size, in_channels, encoder_channels, encoder_strides, encoder_hidden, frame_dim, kernel_size, batchnorm)
         self.content = ContentPosterior(frame_dim, content_dim)
         self.position = MotionPosterior(frame_dim, num_actions, position_dim, hidden, 1, batchnorm)
         self.momentum = MotionPosterior(frame_dim, num_actions, position_dim, hidden, momentum_window, batchnorm)
         self.operators = HamiltonianOperators(num_actions, position_dim, operator, operator_init_std)
-        self.decoder = FrameDecoder(content_dim + rendered, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation, output_bias)
+        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation, output_bias)
         self.memory_format = torch.contiguous_format
 
     # ------------------------------------------------------------------ checks
@@ -391,16 +378,11 @@ class MotionVAE(nn.Module):
         return Posterior(self.content(hz), self.position(h, action), self.momentum(h, action))
 
     def rollout(self, start: Tensor, action: Tensor, offsets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``s(t_ref + τ) = exp(τ H_k) s(t_ref)``: ``start (b, 2d)``, offsets ``(b, L)`` or ``(L,)`` -> ``(b, L, 2d)``.
-
-        With ``state_norm`` the start state is first projected onto the unit sphere."""
-        if self.state_norm:
-            start = F.normalize(start, dim=-1, eps=1e-6)
+        """``s(t_ref + τ) = exp(τ H_k) s(t_ref)``: ``start (b, 2d)``, offsets ``(b, L)`` or ``(L,)`` -> ``(b, L, 2d)``."""
         return self.operators.rollout(start, action, offsets, dtype)
 
     def decode(self, z: Tensor, positions: Tensor, action: Tensor) -> Tensor:
-        """Frames from content ``z (b, |Z|)`` and active-subspace positions ``q (b, L, d)`` (with
-        ``render_momentum``: states ``(b, L, 2d)``): ``(b, L, c, H, W)``.
+        """Frames from content ``z (b, |Z|)`` and active-subspace positions ``q (b, L, d)``: ``(b, L, c, H, W)``.
 
         The decoder input is ``[z, q_t^1, …, q_t^K]`` with every block but the clip's action zero.
         """
@@ -411,8 +393,8 @@ class MotionVAE(nn.Module):
         return rearrange(x.contiguous(), "(b l) c h w -> b l c h w", b=b)
 
     def decode_states(self, z: Tensor, states: Tensor, action: Tensor) -> Tensor:
-        """Decode phase-space states ``(b, L, 2d)`` (only the positions ``q``, unless ``render_momentum``)."""
-        return self.decode(z, states if self.render_momentum else states[..., : self.dim], action)
+        """Decode phase-space states ``(b, L, 2d)`` (only the positions ``q`` are rendered)."""
+        return self.decode(z, states[..., : self.dim], action)
 
     # ------------------------------------------------------------------ training pass
     def forward(

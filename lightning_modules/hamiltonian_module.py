@@ -170,8 +170,6 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
         output_bias: float = 0.0,
-        state_norm: bool = False,
-        render_momentum: bool = False,
         alpha: float = 1.0,
         lr: float = 2e-4,
         operator_lr: float | None = None,
@@ -213,7 +211,6 @@ class HamiltonianMotionModule(CheckpointGuardMixin, pl.LightningModule):
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
             kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation, output_bias,
-            state_norm, render_momentum,
         )  # fmt: skip
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
