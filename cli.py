@@ -50,7 +50,7 @@ class SceneMotionCLI(LightningCLI):
         """``ckpt_path``: ``last`` becomes an intact checkpoint of this model (``resolve_last_checkpoint``);
         a file is checked before any data is built (one message if it is damaged or another model's)."""
         from callbacks.resume import resolve_last_checkpoint
-        from lightning_modules.common import read_checkpoint
+        from utils.checkpoints import read_checkpoint
 
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         ckpt_path = kwargs.get("ckpt_path")
@@ -157,7 +157,7 @@ def run(args: list[str] | None = None) -> int:
     ``$SCENEMOTION_TRACEBACK`` (any non-empty value but ``0``) shows the full traceback instead;
     errors that are not bad input (bugs) always show it.
     """
-    from lightning_modules.common import user_error_message
+    from utils.errors import user_error_message
 
     try:
         main(args)

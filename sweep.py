@@ -214,7 +214,7 @@ def run_trial(command: list[str], trial: Trial, trial_dir: Path, group: str, tim
 
 def leaderboard(trials: Sequence[Trial], metric: dict[str, Any] | None) -> str:
     """A plain-text table, best trial first (failed trials last)."""
-    from lightning_modules.common import format_table
+    from utils.report import format_table
 
     sign = -1.0 if metric and metric.get("goal") == "maximize" else 1.0
     ranked = sorted(trials, key=lambda t: (t.metric is None, sign * (t.metric or 0.0)))
@@ -279,7 +279,7 @@ def run_sweep(path: str | os.PathLike, count: int, method: str | None = None, ou
         print("[sweep] interrupted; leaderboard of the trials so far:", flush=True)
     table = leaderboard(trials, metric)
     print("\n" + table + "\n", flush=True)
-    from lightning_modules.common import atomic_write_text
+    from utils.io import atomic_write_text
 
     atomic_write_text(sweep_dir / "leaderboard.json", json.dumps(
         {"sweep": sweep_id, "method": config["method"], "metric": metric,

@@ -74,17 +74,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from backbone.layers import norm_layer
+from utils.checks import check_int
+from utils.torch_utils import eval_mode
+
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"Unknown norm {kind!r}; expected 'batch', 'group' or 'none'.")
 
 
 class ResidualBlock(nn.Module):
@@ -94,14 +88,14 @@ class ResidualBlock(nn.Module):
         super().__init__()
         bias = norm == "none"
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=bias)
-        self.norm1 = _norm(norm, out_channels)
+        self.norm1 = norm_layer(norm, out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=bias)
-        self.norm2 = _norm(norm, out_channels)
+        self.norm2 = norm_layer(norm, out_channels)
         # ResNet-D shortcut: average-pool, then a 1x1 conv. (A strided 1x1 conv is also what
         # crashes oneDNN's channels-last backward on CPUs for < 16 input channels, torch 2.14.)
         shortcut: list[nn.Module] = [nn.AvgPool2d(stride)] if stride != 1 else []
         if in_channels != out_channels:
-            shortcut += [nn.Conv2d(in_channels, out_channels, 1, bias=bias), _norm(norm, out_channels)]
+            shortcut += [nn.Conv2d(in_channels, out_channels, 1, bias=bias), norm_layer(norm, out_channels)]
         self.shortcut: nn.Module = nn.Sequential(*shortcut) if shortcut else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +121,7 @@ class ResidualEncoder(nn.Module):
         super().__init__()
         _check_widths(channels, blocks_per_stage, feature_channels)
         channels = [int(c) for c in channels]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=norm == "none"), _norm(norm, channels[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=norm == "none"), norm_layer(norm, channels[0]), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             stages.append(ResidualBlock(c_in, c_out, 2, norm))
@@ -149,11 +143,11 @@ class Renderer(nn.Module):
         _check_widths(channels, blocks_per_stage, feature_channels)
         channels = [int(c) for c in channels]
         bias = norm == "none"
-        layers: list[nn.Module] = [nn.Conv2d(feature_channels, channels[-1], 1, bias=bias), _norm(norm, channels[-1]), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(feature_channels, channels[-1], 1, bias=bias), norm_layer(norm, channels[-1]), nn.ReLU(inplace=True)]
         for c_in, c_out in zip(channels[::-1][:-1], channels[::-1][1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias), _norm(norm, c_out), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias), norm_layer(norm, c_out), nn.ReLU(inplace=True)]
             for _ in range(blocks_per_stage - 1):
-                layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias), _norm(norm, c_out), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias), norm_layer(norm, c_out), nn.ReLU(inplace=True)]
         layers += [nn.Conv2d(channels[0], out_channels, 3, 1, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -222,15 +216,14 @@ class TransformNet(nn.Module):
             raise ValueError(f"Unknown T_Z head {head!r}; expected one of {TZ_HEADS}.")
         if head == "pivot" and keypoints < 2:
             raise ValueError(f"The 'pivot' T_Z head needs at least 2 keypoints (for its Procrustes rotation), got {keypoints}.")
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"tz_hidden must be an integer >= 1 (the width of T_Z's hidden layer), got {hidden!r}.")
+        check_int(hidden, "tz_hidden", message="{name} must be an integer >= 1 (the width of T_Z's hidden layer), got {value!r}.")
         if any(int(c) < 1 for c in channels):
             raise ValueError(f"tz_channels must be positive widths, got {list(channels)}.")
         self.head = head
         layers: list[nn.Module] = []
         c_prev = 2 * feature_channels + 2  # both feature maps + 2 coordinate channels
         for c in channels:
-            layers += [nn.Conv2d(c_prev, int(c), 3, 2, 1, bias=norm == "none"), _norm(norm, int(c)), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c_prev, int(c), 3, 2, 1, bias=norm == "none"), norm_layer(norm, int(c)), nn.ReLU(inplace=True)]
             c_prev = int(c)
         self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
@@ -367,13 +360,8 @@ def _manipulation(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(self: "EquivariantScene", *args, **kwargs):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                return fn(self, *args, **kwargs)
-        finally:
-            self.train(was_training)
+        with eval_mode(self), torch.inference_mode():
+            return fn(self, *args, **kwargs)
 
     return wrapper
 

@@ -47,7 +47,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbone.scene import EquivariantScene, apply_affine  # noqa: E402
-from lightning_modules.common import format_table  # noqa: E402
+from utils.report import format_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE_ARGS = ("image_size", "channels", "feature_channels", "blocks_per_stage", "tz_channels", "tz_hidden", "norm", "tz_keypoints")

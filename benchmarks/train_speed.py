@@ -11,6 +11,14 @@ not counted) during the warm-up step; the machine's peak is a large fp32 matmul.
     python benchmarks/train_speed.py --config configs/sprites_hamiltonian_cpu.yaml --steps 10
     python benchmarks/train_speed.py --model equivariant            # configs/*equivariant*.yaml
     python benchmarks/train_speed.py --model all --json speed.json
+    python benchmarks/train_speed.py --config configs/sprites_hamiltonian.yaml --precision bf16-mixed --device cuda
+    python benchmarks/train_speed.py --config configs/sprites_hamiltonian_cpu.yaml --fit 60   # + a real fit
+
+``--precision`` (``32``, ``bf16-mixed``, ``16-mixed``) runs the forward under ``torch.autocast``
+like the Trainer's mixed-precision plugins (``16-mixed`` with a gradient scaler). ``--fit N``
+also runs ``N`` steps of the real ``fit`` loop (the config's callbacks: logging, progress bar,
+checkpoints, one validation with its image grids at the end) and reports its cost over the
+bare loop, extrapolated to the config's whole run (``fit_overhead_pct``, see ``fit_overhead``).
 
 The paper-scale configs take about a minute per step on a 2-core CPU; lower ``--steps`` or
 override the batch with ``--batch-size``. Any other config value: ``--set key=value`` with
@@ -20,6 +28,7 @@ LightningCLI keys (e.g. ``--set model.init_args.channels_last=false``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -32,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
-from lightning_modules.common import atomic_write_text, format_table  # noqa: E402
+from utils.io import atomic_write_text  # noqa: E402
+from utils.report import format_table  # noqa: E402
 
 MODEL_CONFIGS = {
     "hamiltonian": ["sprites_hamiltonian_cpu.yaml", "sprites_hamiltonian_skew_cpu.yaml", "sprites_hamiltonian.yaml"],
@@ -52,9 +62,9 @@ def default_configs(model: str) -> list[Path]:
     return names
 
 
-def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
-    """Best fp32 GFLOP/s of an ``n x n`` matmul (``2 n³`` FLOPs)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of an ``n x n`` matmul (``2 n³`` FLOPs), fp32 by default."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(reps + 1):
         _sync(device)
@@ -102,14 +112,28 @@ def _loss(out) -> torch.Tensor:
     return out["loss"] if isinstance(out, dict) else out
 
 
-def benchmark(config: Path, steps: int, warmup: int, batch_size: int | None, device: str, extra: list[str]) -> dict:
+PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def _overrides(config: Path, batch_size: int | None, extra: list[str]) -> list[str]:
     args = ["--config", str(config), "--trainer.logger", "false"]
     if batch_size:
         args += ["--data.init_args.batch_size", str(batch_size)]
     for kv in extra:
         key, _, value = kv.partition("=")
         args += [f"--{key}", value]
-    run = cli.main(args=args, run=False)
+    return args
+
+
+def benchmark(config: Path, steps: int, warmup: int, batch_size: int | None, device: str, extra: list[str],
+              precision: str = "32") -> dict:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    dev_type = torch.device(device).type
+    autocast = (lambda: torch.autocast(dev_type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(dev_type) if dtype == torch.float16 else None
+    run = cli.main(args=_overrides(config, batch_size, extra), run=False)
     model, dm = run.model, run.datamodule
     dm.prepare_data()
     dm.setup("fit")
@@ -132,20 +156,28 @@ def benchmark(config: Path, steps: int, warmup: int, batch_size: int | None, dev
             warnings.simplefilter("ignore")  # self.log() without a Trainer
             if counter is not None:
                 with counter:
-                    loss = _loss(model.training_step(batch, step))
+                    with autocast():
+                        loss = _loss(model.training_step(batch, step))
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (scaler.scale(loss) if scaler else loss).backward()
                 flops = counter.get_total_flops()
-                opt.step()
+                scaler.step(opt) if scaler else opt.step()
+                if scaler:
+                    scaler.update()
                 continue
-            loss = _loss(model.training_step(batch, step))
+            with autocast():
+                loss = _loss(model.training_step(batch, step))
         _sync(device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
         _sync(device)
         t3 = time.perf_counter()
-        opt.step()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         _sync(device)
         t4 = time.perf_counter()
         if step >= warmup:
@@ -157,6 +189,7 @@ def benchmark(config: Path, steps: int, warmup: int, batch_size: int | None, dev
     compute = mean["forward"] + mean["backward"]
     return {
         "config": config.name,
+        "precision": precision,
         "model": type(model).__name__,
         "params_M": params / 1e6,
         "images_per_step": images,
@@ -165,6 +198,101 @@ def benchmark(config: Path, steps: int, warmup: int, batch_size: int | None, dev
         **{f"{k}_s": v for k, v in mean.items()},
         "gflop_per_step": flops / 1e9,
         "gflops_achieved": flops / 1e9 / compute if compute > 0 else float("nan"),
+    }
+
+
+def _config_run_length(trainer, step_s: float) -> float:
+    """Training steps of the config's whole run: ``max_steps``, or what ``max_time`` allows at ``step_s``."""
+    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else float("inf")
+    timer = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Timer"), None)
+    seconds = timer._duration if timer is not None and timer._duration else None
+    if seconds:
+        steps = min(steps, seconds / step_s)
+    if steps == float("inf"):
+        steps = (trainer.max_epochs or 1) * 1000
+    return float(steps)
+
+
+def fit_overhead(config: Path, steps: int, batch_size: int | None, device: str, extra: list[str], bare_step_s: float,
+                 root: Path | None = None) -> dict:
+    """Cost of the real ``fit`` loop over the bare training step, for the config's whole run.
+
+    Runs ``steps`` training steps through ``Trainer.fit`` with the config's callbacks and
+    logger (into a temporary ``default_root_dir``), one validation at the end (its metrics,
+    image grids, best-checkpoint save), then saves one checkpoint. Measured: ``fit_step_s`` (mean
+    wall time per step between the 2nd and the last, validation excluded), ``in_step_s`` (the
+    part between ``on_train_batch_start`` and ``on_train_batch_end``: forward, backward,
+    optimiser; the rest is data wait, logging, progress bar, callbacks), ``val_s`` (one
+    validation with its callbacks), ``checkpoint_s`` (one save). On a shared machine the bare
+    loop and the fit run at different moments, so ``fit_loop_pct`` (fit step vs bare step) is
+    noisy; ``fit_overhead_pct`` is load-robust: everything outside the step, over the run, as a
+    share of ``in_step_s`` measured in the same fit. Extrapolated to the config's run
+    (``run_steps``: ``max_steps`` or what ``max_time`` allows; validations every
+    ``check_val_every_n_epoch`` epochs / ``val_check_interval``; the every-N-steps checkpoint, the
+    last one and a best-checkpoint save per validation): ``fit_overhead_pct`` = extra time / the
+    bare loop's time for the same steps.
+    """
+    import tempfile
+
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+    class Clock(Callback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.inside: list[float] = []
+            self.val_s = 0.0
+            self._v = self._b = 0.0
+
+        def on_train_batch_start(self, *args, **kwargs) -> None:
+            self._b = time.perf_counter()
+
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            self.marks.append(time.perf_counter())
+            self.inside.append(self.marks[-1] - self._b)
+
+        def on_validation_start(self, *args, **kwargs) -> None:
+            self._v = time.perf_counter()
+
+        def on_validation_end(self, trainer, *args, **kwargs) -> None:
+            if not trainer.sanity_checking:
+                self.val_s += time.perf_counter() - self._v
+
+    base = _overrides(config, batch_size, extra)
+    base = [a for a in base if a not in ("--trainer.logger", "false")]
+    reference = cli.main(args=base, run=False).trainer  # the config's own schedule
+    every_epochs = reference.check_val_every_n_epoch
+    interval = reference.val_check_interval
+    ckpt_every = [cb._every_n_train_steps for cb in reference.checkpoint_callbacks if getattr(cb, "_every_n_train_steps", 0)]
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        args = base + ["--trainer.default_root_dir", tmp, "--trainer.max_steps", str(steps), "--trainer.max_time", "null",
+                       "--trainer.val_check_interval", str(steps), "--trainer.check_val_every_n_epoch", "null",
+                       "--trainer.num_sanity_val_steps", "0", "--trainer.accelerator", torch.device(device).type, "--trainer.devices", "1"]
+        run = cli.main(args=args, run=False)
+        clock = Clock()
+        run.trainer.callbacks.append(clock)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run.trainer.fit(run.model, datamodule=run.datamodule)
+            t = time.perf_counter()
+            run.trainer.save_checkpoint(str(Path(tmp) / "probe.ckpt"))
+            checkpoint_s = time.perf_counter() - t
+        steps_per_epoch = run.trainer.num_training_batches
+    marks = clock.marks
+    fit_step_s = (marks[-1] - marks[1]) / (len(marks) - 2) if len(marks) > 2 else float("nan")  # validation runs after the last mark
+    run_steps = _config_run_length(reference, fit_step_s)
+    if isinstance(interval, int) and every_epochs is None:
+        vals = run_steps / interval
+    else:
+        per_epoch = 1.0 / interval if isinstance(interval, float) else max(1, steps_per_epoch // max(1, interval))
+        vals = run_steps / (steps_per_epoch * (every_epochs or 1)) * per_epoch
+    saves = sum(run_steps / n for n in ckpt_every) + 1 + vals
+    in_step_s = sum(clock.inside[2:]) / max(1, len(clock.inside) - 2)
+    extra_s = (fit_step_s - in_step_s) * run_steps + vals * clock.val_s + saves * checkpoint_s
+    return {
+        "fit_step_s": fit_step_s, "in_step_s": in_step_s, "val_s": clock.val_s, "checkpoint_s": checkpoint_s, "run_steps": run_steps,
+        "run_validations": vals, "run_checkpoints": saves,
+        "fit_loop_pct": 100 * (fit_step_s / bare_step_s - 1),
+        "fit_overhead_pct": 100 * extra_s / (in_step_s * run_steps),
     }
 
 
@@ -178,6 +306,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra LightningCLI overrides")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="32", help="autocast like the Trainer's precision")
+    parser.add_argument("--fit", type=int, default=0, metavar="N", help="also time N steps of the real fit loop (see fit_overhead)")
     a = parser.parse_args(argv)
     if a.warmup < 1:
         parser.error("--warmup must be >= 1 (the first step counts FLOPs and is not timed)")
@@ -190,11 +320,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for config in configs:
         print(f"... {config.name}", flush=True)
-        r = benchmark(Path(config), a.steps, a.warmup, a.batch_size, a.device, a.set)
+        r = benchmark(Path(config), a.steps, a.warmup, a.batch_size, a.device, a.set, a.precision)
         r["pct_of_matmul_peak"] = 100 * r["gflops_achieved"] / peak
+        r["data_pct"] = 100 * r["data_s"] / r["step_s"]
+        if a.fit:
+            r.update(fit_overhead(Path(config), a.fit, a.batch_size, a.device, a.set, r["step_s"]))
         rows.append(r)
-    cols = ["params_M", "images_per_step", "step_s", "images_per_s", "data_s", "forward_s", "backward_s",
+    cols = ["params_M", "images_per_step", "step_s", "images_per_s", "data_s", "data_pct", "forward_s", "backward_s",
             "optimiser_s", "gflop_per_step", "gflops_achieved", "pct_of_matmul_peak"]  # fmt: skip
+    if a.fit:
+        cols += ["fit_step_s", "in_step_s", "val_s", "checkpoint_s", "run_validations", "fit_loop_pct", "fit_overhead_pct"]
     title = f"Training speed ({a.device}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s, mean of {a.steps} steps)"
     print(format_table(title, {r["config"]: r for r in rows}, cols), flush=True)
     if a.json:

@@ -45,7 +45,9 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from lightning_modules.common import run_dir, save_image_atomic
+from utils.io import save_image_atomic
+from utils.torch_utils import eval_mode
+from utils.trainer import run_dir
 
 MAX_DEFAULT_FRAMES = 8
 
@@ -175,13 +177,8 @@ class ImageGridCallback(pl.Callback):
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> torch.Tensor:
         """Build, log and save one grid; returns it as ``3 H W``."""
         examples = {k: v.to(pl_module.device) for k, v in self.examples(trainer, split).items()}
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                cells = self.build(pl_module, examples)
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
+            cells = self.build(pl_module, examples)
         cells = cells.detach().float().clamp(0, 1).cpu()
         rows, columns = cells.shape[:2]
         grid = make_grid(rearrange(cells, "r c ch h w -> (r c) ch h w"), nrow=columns, padding=self.padding, pad_value=1.0)

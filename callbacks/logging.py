@@ -30,7 +30,9 @@ from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.common import atomic_write_text, progress_mode, run_dir, time_budget
+from utils.io import atomic_write_text
+from utils.progress import progress_mode
+from utils.trainer import run_dir, time_budget
 
 METRICS_FILE_ENV = "SCENEMOTION_METRICS_FILE"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"

@@ -10,7 +10,7 @@ Under ``output_dir`` (default ``<default_root_dir>/predictions/``):
   the ``video`` extra (``pip install -e ".[video]"``: PyAV).
 * ``<table>.json``: the judge's class probabilities, one entry per clip.
 
-Every file is written atomically (``lightning_modules.common.atomic_output``) on rank zero;
+Every file is written atomically (``utils.io.atomic_output``) on rank zero;
 under DDP the ranks' predictions are gathered to rank zero first. Progress: Lightning's bar in
 a terminal; in logs and pipes one line per batch (``SCENEMOTION_PROGRESS``).
 
@@ -37,7 +37,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torchvision.utils import make_grid
 
 from callbacks.image_grids import to_pil
-from lightning_modules.common import atomic_output, atomic_write_text, progress_mode, save_image_atomic
+from utils.io import atomic_output, atomic_write_text, save_image_atomic
+from utils.progress import progress_mode
 
 FORMATS = ("png", "gif", "mp4")
 

@@ -36,7 +36,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_modules.common import CheckpointError, atomic_output, read_checkpoint
+from utils.checkpoints import CheckpointError, read_checkpoint
+from utils.io import atomic_output
 
 STAGES = {"train": 0, "val": 1, "test": 2, "predict": 3}
 

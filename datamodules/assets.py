@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from datamodules.base import AssetError  # noqa: F401 (datamodules.assets.AssetError)
+
 ENV_ASSETS = "SCENEMOTION_ASSETS"
 MANIFEST_PATH = Path(__file__).with_name("assets_manifest.json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +58,6 @@ UPSTREAM = {
         "e8430c7bb736ce642653227ce4f3773e48c5fe5a/data/sprites/{name}",
     ],
 }
-
-
-class AssetError(RuntimeError):
-    """A missing or corrupt asset; the message names the file and what to do."""
 
 
 def resolve_assets_root(assets_root: str | os.PathLike | None = None) -> Path:
@@ -148,7 +146,7 @@ def verify_group(group: str, assets_root: str | os.PathLike | None = None) -> Pa
 
 # --------------------------------------------------------------------------- fetching
 def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
-    from lightning_modules.common import atomic_output
+    from utils.io import atomic_output
 
     with atomic_output(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
         shutil.copyfileobj(resp, out)
@@ -158,9 +156,8 @@ def _repack_reed_mat(mat_path: Path, dest: Path) -> None:
     """Rebuild one ``sprites_<k>.npy.xz`` from the original ``.mat`` (PROVENANCE recipe)."""
     import numpy as np
 
-    from datamodules.reed_sprites import read_reed_mat
-
-    from lightning_modules.common import atomic_output
+    from datamodules.reed_files import read_reed_mat
+    from utils.io import atomic_output
 
     sprites = read_reed_mat(mat_path)
     with atomic_output(dest) as tmp, lzma.open(tmp, "wb") as f:
@@ -219,7 +216,7 @@ def write_manifest(root: Path) -> None:
             if path.is_file():
                 rel = path.relative_to(root).as_posix()
                 files[rel] = {"sha256": sha256_of(path), "size": path.stat().st_size}
-    from lightning_modules.common import atomic_write_text
+    from utils.io import atomic_write_text
 
     atomic_write_text(MANIFEST_PATH, json.dumps({"files": files}, indent=0, sort_keys=True) + "\n")
 

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from utils.checks import check_int
+
 SPLITS = ("train", "val", "test")
 
 
@@ -113,6 +115,53 @@ class ClipSource(ABC):
         self, split: str, assets_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
     ) -> ClipDataset:
         """The ``ClipDataset`` of one split (``train``, ``val`` or ``test``)."""
+
+
+class AssetError(RuntimeError):
+    """A missing or corrupt asset; the message names the file and what to do."""
+
+
+class MemmapPickle:
+    """Pickle memory-mapped ``.npy`` attributes by file name (reopened on unpickle), so that
+    spawned DataLoader workers / DDP processes never copy a whole cached dataset (a dict
+    attribute, e.g. ``arrays``, is walked one level deep)."""
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for key, value in state.items():
+            if isinstance(value, dict):
+                state[key] = {k: _memmap_ref(v) for k, v in value.items()}
+            else:
+                state[key] = _memmap_ref(value)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in state.items():
+            if isinstance(value, dict):
+                state[key] = {k: _memmap_open(v) for k, v in value.items()}
+            else:
+                state[key] = _memmap_open(value)
+        self.__dict__.update(state)
+
+
+def _memmap_ref(value):
+    """``("__memmap__", file)`` for a memory map of a whole ``.npy`` file, else ``value``."""
+    if isinstance(value, np.memmap) and value.filename is not None and value.base is not None:
+        whole = np.load(value.filename, mmap_mode="r")
+        if whole.shape == value.shape:
+            return ("__memmap__", value.filename)
+    return value
+
+
+def _memmap_open(value):
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__memmap__":
+        return np.load(value[1], mmap_mode="r")
+    return value
+
+
+def check_image_size(image_size: int, name: str = "image_size") -> int:
+    """A frame side in pixels, 8..1024."""
+    return check_int(image_size, name, 8, 1024, message="{name} must be an integer between 8 and 1024 pixels, got {value!r}.")
 
 
 def check_split(split: str) -> str:

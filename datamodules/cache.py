@@ -157,7 +157,7 @@ def _discard(folder: Path, root: Path) -> None:
 
 def _write(final: Path, name: str, params: Mapping, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` and their ``meta.json`` into a temporary sibling folder, then rename it to ``final``."""
-    from lightning_modules.common import current_umask
+    from utils.io import current_umask
 
     root = final.parent
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.{_owner()}."))

@@ -46,8 +46,10 @@ import torch
 from PIL import Image
 
 from datamodules.assets import asset_path, load_manifest, resolve_assets_root
-from datamodules.base import ClipDataset, ClipSource, check_split, to_float_frames
+from datamodules.base import ClipDataset, ClipSource, MemmapPickle, check_image_size, check_split, to_float_frames
 from datamodules.cache import cached_arrays
+from utils.checks import check_int
+from utils.progress import progress_bar
 
 NUM_OPTIONS = 6
 NUM_CHARACTERS = NUM_OPTIONS**4
@@ -167,14 +169,6 @@ def _cells_needed() -> list[tuple[int, int]]:
     return sorted({(ROWS[a][v], c) for a in ROWS for v in ROWS[a] for c in COLUMNS[a]})
 
 
-def progress_bar(iterable, **kwargs):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with lightning
-        return iterable
-    return tqdm(iterable, **kwargs)
-
-
 def composite_dsvae(assets_root: str | os.PathLike | None = None, progress: bool = True) -> dict[str, np.ndarray]:
     """Composite every character, clip and frame (uncached; see ``build_dsvae_sprites``).
 
@@ -254,12 +248,6 @@ def build_dsvae_sprites(
 
 
 # --------------------------------------------------------------------------- datasets
-def check_image_size(image_size: int, name: str = "image_size") -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
-        raise ValueError(f"{name} must be an integer between 8 and 1024 pixels, got {image_size!r}.")
-    return int(image_size)
-
-
 def check_actions(actions: Sequence[str] | None, known: Sequence[str]) -> tuple[str, ...]:
     """Validate an action subset; keeps the canonical order of ``known``."""
     if actions is None:
@@ -272,26 +260,6 @@ def check_actions(actions: Sequence[str] | None, known: Sequence[str]) -> tuple[
     if not actions:
         raise ValueError(f"actions must name at least one action; choose from {', '.join(known)}.")
     return tuple(a for a in known if a in set(actions))
-
-
-class MemmapPickle:
-    """Pickle memory-mapped ``.npy`` attributes by file name (reopened on unpickle), so that
-    spawned DataLoader workers / DDP processes never copy a whole cached dataset."""
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        for key, value in state.items():
-            if isinstance(value, np.memmap) and value.filename is not None and value.base is not None:
-                whole = np.load(value.filename, mmap_mode="r")
-                if whole.shape == value.shape:
-                    state[key] = ("__memmap__", value.filename)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        for key, value in state.items():
-            if isinstance(value, tuple) and len(value) == 2 and value[0] == "__memmap__":
-                state[key] = np.load(value[1], mmap_mode="r")
-        self.__dict__.update(state)
 
 
 class DSVAESpritesDataset(MemmapPickle, ClipDataset):
@@ -349,13 +317,8 @@ class DSVAESprites(ClipSource):
     """
 
     def __init__(self, val_characters: int = 0, image_size: int = 64, actions: list[str] | None = None):
-        if isinstance(val_characters, bool) or not isinstance(val_characters, (int, np.integer)) or not (
-            0 <= val_characters < NUM_TRAIN_CHARACTERS
-        ):
-            raise ValueError(
-                f"val_characters must be an integer in [0, {NUM_TRAIN_CHARACTERS - 1}], got {val_characters!r}."
-            )
-        self.val_characters = int(val_characters)
+        self.val_characters = check_int(val_characters, "val_characters", 0, NUM_TRAIN_CHARACTERS - 1,
+                                        message="{name} must be an integer in [{low}, {high}], got {value!r}.")
         self.image_size = check_image_size(image_size)
         self.actions = check_actions(actions, ACTIONS)
 

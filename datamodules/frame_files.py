@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datamodules.base import ClipDataset, ClipSource, check_split, to_float_frames
-from datamodules.dsvae_sprites import check_image_size
+from datamodules.base import ClipDataset, ClipSource, check_image_size, check_split, to_float_frames
 from datamodules.video_folder import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoFolderError, _square_resize, read_clip
 
 

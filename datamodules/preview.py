@@ -24,7 +24,9 @@ from jsonargparse import ArgumentParser
 from torchvision.utils import make_grid, save_image
 
 from datamodules.base import ClipSource
-from lightning_modules.common import atomic_output, user_error_message
+from utils.checks import check_int
+from utils.errors import user_error_message
+from utils.io import atomic_output
 
 
 def preview_grid(source: ClipSource, split: str = "test", clips: int = 8, frames: int = 8,
@@ -37,8 +39,7 @@ def preview_rows(source: ClipSource, split: str = "test", clips: int = 8, frames
                  assets_root: str | None = None, cache_dir: str | None = None) -> tuple[torch.Tensor, int]:
     """``(grid, number of rows)``: the split may hold fewer than ``clips`` clips."""
     for name, value in (("clips", clips), ("frames", frames)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be an integer >= 1, got {value!r}.")
+        check_int(value, f"--{name}")
     source.prepare(assets_root, cache_dir)
     dataset = source.dataset(split, assets_root, cache_dir)
     if len(dataset) == 0:

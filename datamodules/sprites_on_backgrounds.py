@@ -30,6 +30,7 @@ import torch
 
 from datamodules.backgrounds import SPLIT_SEED_OFFSET, split_backgrounds
 from datamodules.base import ClipDataset, ClipSource, check_split, resize_clip
+from utils.checks import check_int
 
 PAPER_TRAIN_BACKGROUNDS = (64, 128, 256, 784, 1000)
 BACKGROUND_SIZE = 64
@@ -45,12 +46,8 @@ def composite(sprite_rgb, mask, background):
 
 
 def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"{name} must be a positive integer number of backgrounds, got {value!r} "
-            f"(the paper trains with one of {', '.join(map(str, PAPER_TRAIN_BACKGROUNDS))} and tests on 100)."
-        )
-    return int(value)
+    return check_int(value, name, message="{name} must be a positive integer number of backgrounds, got {value!r} "
+                     f"(the paper trains with one of {', '.join(map(str, PAPER_TRAIN_BACKGROUNDS))} and tests on 100).")
 
 
 class SpritesOnBackgroundsDataset(ClipDataset):

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from datamodules.base import ClipDataset, ClipSource, check_split, to_float_frames
+from datamodules.base import ClipDataset, ClipSource, MemmapPickle, check_image_size, check_split, to_float_frames
 from datamodules.cache import cached_arrays
-from datamodules.dsvae_sprites import MemmapPickle, check_image_size, progress_bar
+from utils.checks import check_int
+from utils.progress import progress_bar
 
 FRAME_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 PIL_VIDEO_EXTENSIONS: tuple[str, ...] = (".gif",)
@@ -246,9 +247,7 @@ class VideoFolder(ClipSource):
     ):
         self.root = Path(root).expanduser()
         self.image_size = check_image_size(image_size)
-        if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
-            raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}.")
-        self.num_frames = num_frames
+        self.num_frames = check_int(num_frames, "num_frames", optional=True, message="{name} must be a positive integer or None, got {value!r}.")
         for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= f < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {f!r}.")
@@ -261,9 +260,7 @@ class VideoFolder(ClipSource):
         if unknown or not exts:
             raise ValueError(f"Unsupported extensions {unknown or exts}; choose from {', '.join(known)}.")
         self.extensions = exts
-        if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
-            raise ValueError(f"frame_stride must be a positive integer, got {frame_stride!r}.")
-        self.frame_stride = frame_stride
+        self.frame_stride = check_int(frame_stride, "frame_stride", message="{name} must be a positive integer, got {value!r}.")
 
     def _scan(self) -> tuple[Path, list[Path], list[str] | None, list[int] | None]:
         root = self.root.resolve()

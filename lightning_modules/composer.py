@@ -27,7 +27,7 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from backbone.scene import apply_affine
-from lightning_modules.common import MODEL_TAG_KEY
+from utils.checkpoints import MODEL_TAG_KEY
 
 MODELS = {
     "EquivariantSceneModule": "lightning_modules.equivariant_module",

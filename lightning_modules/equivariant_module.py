@@ -36,7 +36,10 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from backbone.scene import EquivariantScene
 from lightning_modules import prediction
 from lightning_modules import scene_evaluation as ev
-from lightning_modules.common import CheckpointGuardMixin, format_table, run_dir, save_image_atomic, write_results
+from lightning_modules.common import CheckpointGuardMixin
+from utils.io import save_image_atomic
+from utils.report import format_table, write_results
+from utils.trainer import run_dir
 
 
 class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):

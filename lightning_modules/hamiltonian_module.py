@@ -53,7 +53,10 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from backbone.hamiltonian import embed_subspace
 from backbone.motion_vae import MotionVAE
 from lightning_modules import prediction
-from lightning_modules.common import CheckpointGuardMixin, atomic_output, format_table, run_dir, run_progress, time_budget, write_results
+from lightning_modules.common import CheckpointGuardMixin
+from utils.io import atomic_output
+from utils.report import format_table, write_results
+from utils.trainer import run_dir, run_progress, time_budget
 from lightning_modules.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
 from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 
@@ -888,7 +891,7 @@ def load_judge(path: str, device: torch.device | str = "cpu") -> nn.Module:
             f"(python cli.py fit --config configs/sprites_judge_cpu.yaml) and pass its checkpoint "
             f"(lightning_logs/version_*/checkpoints/*.ckpt)."
         )
-    from lightning_modules.common import load_module_checkpoint
+    from utils.checkpoints import load_module_checkpoint
 
     judge = load_module_checkpoint(
         SequenceJudgeModule, p, device, needs="judge_checkpoint must be a SequenceJudgeModule (judge) checkpoint",

@@ -40,6 +40,8 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+from utils.torch_utils import eval_mode
+
 TASKS: dict[str, tuple[str, ...]] = {
     "hamiltonian": ("generate", "swap", "sample"),
     "equivariant": ("swap_background", "transfer_animation", "swap_background_and_animation", "remove_background"),
@@ -212,12 +214,8 @@ def judge_predict(module: Any, batch: Mapping[str, Tensor], batch_idx: int, clas
     """Class probabilities of every head, one row per clip."""
     clips = batch_clips(batch)
     index = batch_index(batch, batch_idx, clips.shape[0])
-    was_training = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         probs = module.probabilities(clips)
-    finally:
-        module.train(was_training)
     label = probs["label"].float().cpu()
     attrs = [p.float().cpu() for p in probs.get("attributes", [])]
     rows = []

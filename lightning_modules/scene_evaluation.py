@@ -29,11 +29,9 @@ then averaged.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +39,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchvision.utils import make_grid
 
 from backbone.scene import EquivariantScene
-from lightning_modules.common import atomic_output, progress_mode
+from utils.io import write_npz  # noqa: F401 (ev.write_npz)
+from utils.progress import counter
+from utils.torch_utils import eval_mode
 
 GRAY = (0.5, 0.5, 0.5)
 ANALOGY_ROWS = ("analogy", "static_baseline", "background_only", "character_only", "gray_canvas")
@@ -135,61 +135,8 @@ def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
     return {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
 
 
-class eval_mode:
-    """Context: the model in eval mode (batch-norm running statistics), previous mode restored."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-
-    def __enter__(self) -> torch.nn.Module:
-        self.was_training = self.module.training
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc) -> None:
-        self.module.train(self.was_training)
-
-
-def _in_eval_mode(fn: Callable) -> Callable:
-    """Run a protocol with its model (first argument) in eval mode."""
-
-    @functools.wraps(fn)
-    def wrapper(scene: torch.nn.Module, *args, **kwargs):
-        with eval_mode(scene):
-            return fn(scene, *args, **kwargs)
-
-    return wrapper
-
-
-class _PlainProgress:
-    """One line per 10% (logs and pipes); ``tqdm`` is used in a terminal."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done, self.next = total, desc, 0, 0.1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.done >= self.next * self.total or self.done == self.total:
-            print(f"[{self.desc}] {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)", flush=True)
-            while self.next * self.total <= self.done:
-                self.next += 0.1
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    if progress_mode() == "plain":
-        return _PlainProgress(total, desc)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ex", leave=False)
-
-
 # ============================================================================ Fig. 3
-@_in_eval_mode
+@eval_mode.first_argument
 def fig3_protocol(
     scene: EquivariantScene,
     source,
@@ -223,7 +170,7 @@ def fig3_protocol(
     parts: dict[str, list[dict[str, torch.Tensor]]] = {r: [] for r in ("transformation", "background", "video_frames", "no_object")}
     ghosts: list[dict[str, torch.Tensor]] = []
     examples: dict[str, torch.Tensor] = {}
-    bar = _progress(count, "Fig. 3 examples", progress)
+    bar = counter(count, "Fig. 3 examples", progress)
     for start in range(0, count, chunk):
         size = min(chunk, count - start)
         ex = source.fig3_examples(size, seed=seed, start=start, assets_root=assets_root)
@@ -291,7 +238,7 @@ def fig3_table(result: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, floa
 
 def ghost_table(ghosts: Mapping[str, float]) -> str:
     """The ghost metrics (``ghost_ratios``) as a printed table (target: ratios <= 1.5)."""
-    from lightning_modules.common import format_table
+    from utils.report import format_table
 
     rows = {
         "background-only render vs true background": {"ghost region MSE": ghosts["bg_inside_mse"], "reference MSE": ghosts["bg_outside_mse"],
@@ -305,7 +252,7 @@ def ghost_table(ghosts: Mapping[str, float]) -> str:
 
 def tz_table(res: Mapping[str, Any], paper: float | None = None) -> str:
     """§4.6 numbers as a printed table: uniform and variance-weighted r², per-output r², angle and translation-norm r²."""
-    from lightning_modules.common import format_table
+    from utils.report import format_table
 
     rows = {"r2 T_X -> T_Z (uniform mean, sklearn)": {"value": res["r2_tx_to_tz"], "paper": paper},
             "r2 T_X -> T_Z (variance-weighted)": {"value": res["r2_tx_to_tz_variance_weighted"], "paper": None}}
@@ -351,7 +298,7 @@ def analogy_pairs(dataset, seed: int = 0, max_clips: int | None = None) -> list[
     return pairs
 
 
-@_in_eval_mode
+@eval_mode.first_argument
 def sprite_analogy_protocol(
     scene: EquivariantScene,
     dataset,
@@ -380,7 +327,7 @@ def sprite_analogy_protocol(
     ghosts: list[dict[str, torch.Tensor]] = []
     labels: list[torch.Tensor] = []
     examples: dict[str, torch.Tensor] = {}
-    bar = _progress(len(pairs), "sprite analogies", progress)
+    bar = counter(len(pairs), "sprite analogies", progress)
     for a, b in pairs:
         clip_a, clip_b = dataset.get(a), dataset.get(b)
         frames_a, frames_b = clip_a["frames"], clip_b["frames"]
@@ -533,7 +480,7 @@ def tz_statistics(tx: torch.Tensor, tz: torch.Tensor, image_size: float = 64.0) 
     return {"results": results, "arrays": arrays}
 
 
-@_in_eval_mode
+@eval_mode.first_argument
 def tz_analysis(
     scene: EquivariantScene,
     source,
@@ -558,7 +505,7 @@ def tz_analysis(
     """
     device = torch.device(device)
     theta_x, theta_z, label = [], [], None
-    bar = _progress(pairs, "T_Z analysis pairs", progress)
+    bar = counter(pairs, "T_Z analysis pairs", progress)
     for start in range(0, pairs, chunk):
         size = min(chunk, pairs - start)
         batch = source.tz_analysis_pairs(size, digit_index, background_index, seed=seed, start=start, split=split, assets_root=assets_root)
@@ -582,13 +529,6 @@ def tz_analysis(
 
 
 # ============================================================================ output
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` (.npz) atomically (keys with '/' are kept as given)."""
-    with atomic_output(path) as tmp:
-        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    return Path(path)
-
-
 def labeled_grid(rows: Sequence[tuple[str, torch.Tensor]], label_width: int = 140, padding: int = 2):
     """A PIL image: one row of images (``n 3 h w`` in [0, 1]) per ``(label, tensor)``, label on the left."""
     from PIL import Image, ImageDraw

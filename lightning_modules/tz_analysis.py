@@ -34,7 +34,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lightning_modules.common import CheckpointError, atomic_write_text, format_table, load_module_checkpoint, save_image_atomic
+from utils.checkpoints import CheckpointError, load_module_checkpoint
+from utils.io import atomic_write_text, save_image_atomic
+from utils.report import format_table
 from lightning_modules.scene_evaluation import tz_analysis, write_npz
 
 # ============================================================================ PIL plotting

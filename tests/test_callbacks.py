@@ -190,7 +190,7 @@ def test_plain_progress_bar_prints_readable_lines(scene, tmp_path, capsys):
 def test_outputs_are_written_atomically(tmp_path):
     """Result files appear whole or not at all: a failing writer leaves neither the target nor a
     temporary file behind, and a successful one replaces the target in one rename."""
-    from lightning_modules.common import atomic_output, atomic_write_text, save_image_atomic
+    from utils.io import atomic_output, atomic_write_text, save_image_atomic
 
     target = tmp_path / "out" / "grid.png"
     with pytest.raises(RuntimeError, match="writer failed"):

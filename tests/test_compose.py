@@ -19,7 +19,7 @@ from PIL import Image
 import cli
 from callbacks.prediction_writer import has_video_backend, write_mp4
 from datamodules import DSVAESprites
-from lightning_modules.common import MODEL_TAG_KEY
+from utils.checkpoints import MODEL_TAG_KEY
 from lightning_modules.composer import StudioError, load_composer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -43,7 +43,9 @@ from datamodules import cache as cache_mod
 from datamodules.cache import cache_key, cached_arrays, verify_caches
 from datamodules.mnist import load_mnist
 from datamodules.video_folder import VideoFolder, read_clip
-from lightning_modules.common import MODEL_TAG_KEY, CheckpointError, atomic_write_text, read_checkpoint, user_error_message
+from utils.checkpoints import MODEL_TAG_KEY, CheckpointError, read_checkpoint
+from utils.errors import user_error_message
+from utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]

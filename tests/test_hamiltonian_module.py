@@ -13,7 +13,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 import cli
 from callbacks import LastCheckpointAtEnd, ProgressBar
 from datamodules import ActionSequenceDataModule, DSVAESprites
-from lightning_modules.common import run_progress
+from utils.trainer import run_progress
 from lightning_modules.hamiltonian_module import HamiltonianMotionModule, repeat_clip
 from lightning_modules.sequence_metrics import ssim_per_image
 
