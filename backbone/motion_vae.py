@@ -37,6 +37,8 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from backbone.hamiltonian import HamiltonianOperators, OperatorKind, embed_subspace, select_subspace
+from backbone.layers import norm_layer
+from utils.checks import check_int
 
 
 # --------------------------------------------------------------------------- Gaussians
@@ -86,14 +88,6 @@ class Posterior:
 
 
 # --------------------------------------------------------------------------- frame networks
-def _norm2d(c: int, on: bool) -> nn.Module:
-    return nn.BatchNorm2d(c) if on else nn.Identity()
-
-
-def _norm1d(c: int, on: bool) -> nn.Module:
-    return nn.BatchNorm1d(c) if on else nn.Identity()
-
-
 def _check_kernel(kernel_size: int, strides: Sequence[int]) -> None:
     if kernel_size < 1:
         raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
@@ -143,12 +137,12 @@ class FrameEncoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_channels
         for c, s in zip(channels, strides):
-            layers += [nn.Conv2d(c_in, c, kernel_size, s, _padding(kernel_size), bias=not batchnorm), _norm2d(c, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(c_in, c, kernel_size, s, _padding(kernel_size), bias=not batchnorm), norm_layer(batchnorm, c), nn.LeakyReLU(0.2, inplace=True)]
             c_in = c
         layers.append(nn.Flatten())
         f_in = c_in * side * side
         for f in [*hidden, out_dim]:
-            layers += [nn.Linear(f_in, f), _norm1d(f, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Linear(f_in, f), norm_layer(batchnorm, f, dims=1), nn.LeakyReLU(0.2, inplace=True)]
             f_in = f
         self.net = nn.Sequential(*layers)
         self.image_size, self.in_channels, self.out_dim = image_size, in_channels, out_dim
@@ -196,7 +190,7 @@ class FrameDecoder(nn.Module):
         layers: list[nn.Module] = []
         f_in = in_dim
         for f in [*hidden, channels[0] * side * side]:
-            layers += [nn.Linear(f_in, f), _norm1d(f, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Linear(f_in, f), norm_layer(batchnorm, f, dims=1), nn.LeakyReLU(0.2, inplace=True)]
             f_in = f
         layers.append(nn.Unflatten(1, (channels[0], side, side)))
         outs = [*channels[1:], out_channels]
@@ -204,7 +198,7 @@ class FrameDecoder(nn.Module):
             last = i == len(strides) - 1
             layers.append(nn.ConvTranspose2d(c_in, c_out, kernel_size, s, _padding(kernel_size), output_padding=(s - 1) * (kernel_size % 2), bias=last or not batchnorm))
             final = nn.Sigmoid() if output_activation == "sigmoid" else nn.Identity()
-            layers += [final] if last else [_norm2d(c_out, batchnorm), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [final] if last else [norm_layer(batchnorm, c_out), nn.LeakyReLU(0.2, inplace=True)]
         self.net = nn.Sequential(*layers)
         last = [m for m in layers if isinstance(m, nn.ConvTranspose2d)][-1]
         nn.init.constant_(last.bias, output_bias)
@@ -254,8 +248,8 @@ class MotionPosterior(nn.Module):
         self.num_actions, self.dim, self.window = num_actions, dim, window
         full = num_actions * dim
         self.mlp = nn.Sequential(
-            nn.Linear(frame_dim + num_actions, hidden), _norm1d(hidden, batchnorm), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(hidden, hidden), _norm1d(hidden, batchnorm), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(frame_dim + num_actions, hidden), norm_layer(batchnorm, hidden, dims=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(hidden, hidden), norm_layer(batchnorm, hidden, dims=1), nn.LeakyReLU(0.2, inplace=True),
         )
         self.tcn = nn.Conv1d(hidden, hidden, window, padding=window - 1) if window > 1 else None
         self.heads = GaussianHeads(hidden, full)
@@ -322,10 +316,9 @@ class MotionVAE(nn.Module):
         if momentum_window < 1:
             raise ValueError(f"momentum_window must be >= 1, got {momentum_window}.")
         for name, value in (("position_dim", position_dim), ("content_dim", content_dim), ("frame_dim", frame_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if motion_hidden is not None and (isinstance(motion_hidden, bool) or not isinstance(motion_hidden, int) or motion_hidden < 1):
-            raise ValueError(f"motion_hidden must be an integer >= 1, or null for the default num_actions * position_dim; got {motion_hidden!r}.")
+            check_int(value, name)
+        check_int(motion_hidden, "motion_hidden", optional=True,
+                  message="{name} must be an integer >= 1, or null for the default num_actions * position_dim; got {value!r}.")
         self.num_actions, self.dim, self.content_dim = num_actions, position_dim, content_dim
         self.image_size, self.in_channels = image_size, in_channels
         hidden = motion_hidden or num_actions * position_dim
@@ -421,6 +414,27 @@ class MotionVAE(nn.Module):
         states = self.rollout(s_ref, action, offsets)
         recon = self.decode_states(z, states, action)
         return {"recon": recon, "posterior": post, "states": states, "z": z, "q_ref": q_ref, "p_ref": p_ref}
+
+    def elbo(self, frames: Tensor, action: Tensor, reference: Tensor, alpha: float = 1.0,
+             content_index: Tensor | None = None) -> dict[str, Tensor]:
+        """The terms of ``-ELBO`` (eq. 17) per clip, ``(b,)`` each: ``nll``, ``kl_z``, ``kl_q``, ``kl_p``,
+        their sum ``loss``, and the sampled reconstruction ``recon (b, T, c, H, W)``.
+
+        ``NLL = Σ_{t', pixels} (x - x̂)² / (2 α²)`` (up to a constant) in the paper's pixel units: its
+        images (Tanh decoder) live in [-1, 1], ours in [0, 1], so ``x - x̂`` is doubled before dividing
+        by ``α`` (the likelihood std, §3.1). KLs are analytic and only the active action's ``d``-dim
+        position / momentum blocks at the reference frame enter (eq. 17, 25).
+        """
+        out = self(frames, action, reference, sample=True, content_index=content_index)
+        recon = out["recon"].float()
+        residual = 2.0 * (recon - frames.float())  # paper units: images in [-1, 1]
+        terms = {
+            "nll": residual.square().flatten(1).sum(1) / (2.0 * alpha**2),
+            "kl_z": out["posterior"].z.kl_standard_normal(),
+            "kl_q": out["q_ref"].kl_standard_normal(),
+            "kl_p": out["p_ref"].kl_standard_normal(),
+        }
+        return {**terms, "loss": terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"], "recon": recon}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

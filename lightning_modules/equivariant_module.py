@@ -2,7 +2,7 @@
 
 The maths lives in ``backbone.scene.EquivariantScene`` (``self.scene``); this module trains it
 on ``PairFramesDataModule`` batches with eq. 4, ``L_scene + α_equiv L_equiv + α_inv L_inv``,
-and runs the paper's evaluation protocols in the test stage (``lightning_modules.scene_evaluation``):
+and runs the paper's evaluation protocols in the test stage (``lightning_modules.evaluation.scene_report``):
 
 * Moving MNIST (``datamodules.MovingMNIST``): Fig. 3 (Transformation / Background
   manipulations vs the Video-frames / No-object baselines, ``fig3_examples`` test examples)
@@ -12,7 +12,7 @@ and runs the paper's evaluation protocols in the test stage (``lightning_modules
   animation; with backgrounds split into background-only / character-only and on a gray
   canvas ('Ours-BG').
 
-Results: a printed table, ``<log_dir>/<name>.json`` (``common.write_results``), the
+Results: a printed table, ``<log_dir>/<name>.json`` (``utils.report.write_results``), the
 per-example values for box plots in ``<log_dir>/<name>_per_example.npz`` and grids of the
 manipulations as PNG.
 
@@ -24,25 +24,21 @@ Usage from Python (the manipulations are methods of ``module.scene``)::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from backbone.scene import EquivariantScene
 from lightning_modules import prediction
-from lightning_modules import scene_evaluation as ev
-from lightning_modules.common import CheckpointGuardMixin
-from utils.io import save_image_atomic
-from utils.report import format_table, write_results
+from lightning_modules.base import SceneMotionModule
+from lightning_modules.evaluation.scene_report import run_evaluation
 from utils.trainer import run_dir
 
 
-class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
+class EquivariantSceneModule(SceneMotionModule):
     """Equivariant scene synthesis (paper 000): ``fc``, ``fb``, ``g``, ``T_Z`` trained on frame pairs.
 
     Args:
@@ -129,8 +125,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         self.predict_options = prediction.PredictOptions.parse(predict, "equivariant")
         self.scene = EquivariantScene(image_size, channels, feature_channels, blocks_per_stage, tz_channels, tz_hidden, norm,
                                       zero_init_character, tz_keypoints, tz_head)
-        if channels_last:
-            self.scene = self.scene.to(memory_format=torch.channels_last)
+        self.scene = self.use_channels_last(self.scene, channels_last)
         if use_ground_truth_transform:  # T_Z is replaced by T_X: keep its (identity) weights out of training / DDP
             self.scene.tz.requires_grad_(False)
         metrics = MetricCollection({
@@ -139,13 +134,12 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
             "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
         })
         self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
-        self._warned_cpu = False
 
     # ------------------------------------------------------------------ checks
     ARCHITECTURE_KEYS = ("image_size", "channels", "feature_channels", "blocks_per_stage", "tz_channels", "tz_hidden", "norm", "tz_keypoints", "tz_head")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse another model's checkpoint (``CheckpointGuardMixin``) and one of other widths, clearly."""
+        """Refuse another model's checkpoint (``SceneMotionModule``) and one of other widths, clearly."""
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("hyper_parameters", {})
         diffs = []
@@ -161,14 +155,11 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "image_size"):
-            size = int(dm.image_size)
-            if size != self.hparams.image_size:
-                raise ValueError(
-                    f"The data has {size}x{size} frames but the model is built for image_size={self.hparams.image_size}: "
-                    f"set model.init_args.image_size: {size} (a multiple of {self.scene.downsample}) or the data's image_size."
-                )
+        dm = self.datamodule
+        self.check_image_size(
+            "The data has {size}x{size} frames but the model is built for image_size={image_size}: "
+            f"set model.init_args.image_size: {{size}} (a multiple of {self.scene.downsample}) or the data's image_size."
+        )
         if self.hparams.use_ground_truth_transform and dm is not None and hasattr(dm, "datasets"):
             for split, dataset in dm.datasets.items():
                 if not getattr(dataset, "has_poses", False):
@@ -176,12 +167,11 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
                         f"use_ground_truth_transform (the T_Z := T_X ablation) needs ground-truth poses, but the {split} split of "
                         f"{type(dataset).__name__} has none: use datamodules.MovingMNIST (num_digits: 1) or set it to false."
                     )
-        if self.hparams.cpu_alternative and not self._warned_cpu and not torch.cuda.is_available():
-            self._warned_cpu = True
-            rank_zero_warn(
-                f"This is a paper-scale (GPU) configuration and no GPU is available: training on the CPU will be very slow. "
-                f"For a CPU-scale model use {self.hparams.cpu_alternative}."
-            )
+        self.warn_gpu_scale(
+            bool(self.hparams.cpu_alternative) and not torch.cuda.is_available(),
+            f"This is a paper-scale (GPU) configuration and no GPU is available: training on the CPU will be very slow. "
+            f"For a CPU-scale model use {self.hparams.cpu_alternative}.",
+        )
 
     # ------------------------------------------------------------------ training
     def forward(self, x_c: torch.Tensor, x_t1: torch.Tensor, x_t2: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
@@ -254,7 +244,7 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         """``cli.py predict``: background swap, animation transfer, both, background removal (``lightning_modules.prediction``)."""
         return prediction.scene_predict(self.scene, batch, batch_idx, self.predict_options, self.hparams.canvas_color)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
 
@@ -270,86 +260,3 @@ class EquivariantSceneModule(CheckpointGuardMixin, pl.LightningModule):
         results = run_evaluation(self, dm, out_dir, progress=bool(getattr(self.trainer, "progress_bar_callback", None)))
         for name, value in results.get("scalars", {}).items():
             self.log(f"test/{name}", value, rank_zero_only=True)
-
-
-def run_evaluation(module: EquivariantSceneModule, datamodule, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run the protocols that fit ``datamodule.source`` and write tables, JSON, NPZ and grids into ``out_dir``.
-
-    Moving MNIST -> Fig. 3 (+ a short §4.6 analysis with one digit); sprites -> analogies.
-    Returns ``{"files": [...], "scalars": {...}}`` (scalars are logged as ``test/...``).
-    """
-    hp = module.hparams
-    scene = module.scene
-    device = module.device
-    source = datamodule.source
-    out_dir = Path(out_dir)
-    files, scalars = [], {}
-    kind = type(source).__name__
-    if hasattr(source, "fig3_examples"):
-        result = ev.fig3_protocol(scene, source, count=hp.fig3_examples, chunk=hp.fig3_chunk, seed=hp.eval_seed, device=device,
-                                  use_ground_truth_transform=hp.use_ground_truth_transform,
-                                  assets_root=getattr(datamodule, "assets_root", None), progress=progress, canvas_color=hp.canvas_color)
-        title, rows = ev.fig3_table(result)
-        table = format_table(title, rows, list(next(iter(rows.values())))) + "\n" + ev.ghost_table(result["summary"]["ghosts"])
-        summary = {"protocol": "fig3", "source": kind, "use_ground_truth_transform": hp.use_ground_truth_transform, **result["summary"]}
-        files.append(write_results(out_dir, "fig3", summary, table))
-        files.append(ev.write_npz(out_dir / "fig3_per_example.npz", result["per_example"]))
-        files.append(save_image_atomic(ev.fig3_grid(result["examples"]), out_dir / "fig3_examples.png"))
-        for row in ("transformation", "background", "video_frames", "no_object"):
-            scalars[f"fig3_{row}_mse"] = result["summary"][row]["mse"]["mean"]
-        for name in ("background_ghost_ratio", "character_ghost_ratio"):
-            scalars[name] = result["summary"]["ghosts"][name]
-        if hp.tz_pairs > 0 and getattr(source, "num_digits", 1) == 1 and not hp.use_ground_truth_transform:
-            from datamodules.moving_mnist import find_digit
-
-            digit = find_digit(hp.tz_digit, "test", assets_root=getattr(datamodule, "assets_root", None))
-            tz = ev.tz_analysis(scene, source, digit, 0, pairs=hp.tz_pairs, seed=hp.eval_seed, device=device,
-                                assets_root=getattr(datamodule, "assets_root", None), progress=progress)
-            res = tz["results"]
-            table = ev.tz_table(res, paper={5: 0.992, 8: 0.993}.get(hp.tz_digit))
-            files.append(write_results(out_dir, "tz_analysis", res, table))
-            scalars["tz_r2"] = res["r2_tx_to_tz"]
-            scalars["tz_r2_angle"] = res["r2_angle"]
-        batch = source.fig3_examples(8, seed=hp.eval_seed + 1)
-        x1, x2 = batch["x1_i"].to(device), batch["x1_j"].to(device)
-    else:
-        dataset = datamodule.datasets.get("test") if hasattr(datamodule, "datasets") else None
-        if dataset is None:
-            datamodule.setup("test")
-            dataset = datamodule.datasets["test"]
-        if not getattr(dataset, "actions", ()):
-            rank_zero_info(f"EquivariantSceneModule: {kind} has no action labels; reporting the test-pair metrics and the manipulation grid.")
-        else:
-            sprite_files, sprite_scalars = _sprite_evaluation(module, dataset, kind, out_dir, progress)
-            files += sprite_files
-            scalars.update(sprite_scalars)
-        items = [dataset.get(k, [0, dataset.clip_length(k) // 2]) for k in range(0, len(dataset), max(1, len(dataset) // 8))[:8]]
-        x1 = torch.stack([it["frames"][0] for it in items]).to(device)
-        x2 = torch.stack([it["frames"][1] for it in items]).to(device)
-    files.append(save_image_atomic(ev.manipulation_grid(scene, x1, x2, hp.canvas_color), out_dir / "manipulations.png"))
-    rank_zero_info("EquivariantSceneModule: wrote " + ", ".join(str(f) for f in files if f is not None))
-    return {"files": [str(f) for f in files if f is not None], "scalars": scalars}
-
-
-def _sprite_evaluation(module: EquivariantSceneModule, dataset, kind: str, out_dir: Path, progress: bool) -> tuple[list, dict]:
-    """Sprite analogies (Fig. 6-9, 16, 21): JSON table, per-example NPZ and an analogy grid."""
-    hp, scene, device = module.hparams, module.scene, module.device
-    files, scalars = [], {}
-    result = ev.sprite_analogy_protocol(scene, dataset, seed=hp.eval_seed, max_clips=hp.analogy_clips, device=device,
-                                        canvas_color=hp.canvas_color, progress=progress)
-    title, rows = ev.sprite_table(result)
-    table = format_table(title, rows, list(next(iter(rows.values()))))
-    if "ghosts" in result["summary"]:
-        table += "\n" + ev.ghost_table(result["summary"]["ghosts"])
-    summary = {"protocol": "sprite_analogy", "source": kind, "pairs": result["pairs"], "actions": result["actions"], **result["summary"]}
-    files.append(write_results(out_dir, "sprite_analogy", summary, table))
-    files.append(ev.write_npz(out_dir / "sprite_analogy_per_example.npz", result["per_example"]))
-    ex = result["examples"]
-    files.append(save_image_atomic(ev.labeled_grid([("A (animation)", ex["A"]), ("B (ground truth)", ex["B"]),
-                                                       ("B animated like A", ex["prediction"])]), out_dir / "sprite_analogy.png"))
-    for row, per_action in result["summary"].items():
-        if row == "ghosts":
-            scalars.update({name: per_action[name] for name in ("background_ghost_ratio", "character_ghost_ratio")})
-        else:
-            scalars[f"analogy_{row}_mse"] = per_action["all"]["mse"]["mean"]
-    return files, scalars

@@ -7,7 +7,6 @@ Trained on real training clips (``ActionSequenceDataModule``), then frozen and l
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,13 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from backbone.judge import SequenceJudge
 from lightning_modules import prediction
-from lightning_modules.common import CheckpointGuardMixin
-from lightning_modules.sequence_metrics import MultiHeadAccuracy
+from lightning_modules.base import SceneMotionModule
+from lightning_modules.evaluation.sequence_metrics import MultiHeadAccuracy
 
 STAGES = ("train", "val", "test")
 
 
-class SequenceJudgeModule(CheckpointGuardMixin, pl.LightningModule):
+class SequenceJudgeModule(SceneMotionModule):
     """Frame CNN + BiLSTM classifier of clips (``backbone.judge.SequenceJudge``).
 
     Args:
@@ -65,7 +64,7 @@ class SequenceJudgeModule(CheckpointGuardMixin, pl.LightningModule):
 
     # ------------------------------------------------------------------ checks
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.datamodule
         if dm is None or not hasattr(dm, "attribute_cardinalities"):
             return
         hp = self.hparams
@@ -148,5 +147,5 @@ class SequenceJudgeModule(CheckpointGuardMixin, pl.LightningModule):
         classes = prediction.class_names(getattr(self.trainer, "datamodule", None), self.hparams.num_classes)
         return prediction.judge_predict(self, batch, batch_idx, classes, self.hparams.attribute_names)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -37,7 +37,8 @@ import torch
 from utils.checkpoints import CheckpointError, load_module_checkpoint
 from utils.io import atomic_write_text, save_image_atomic
 from utils.report import format_table
-from lightning_modules.scene_evaluation import tz_analysis, write_npz
+from lightning_modules.evaluation.tz import tz_analysis
+from utils.io import write_npz
 
 # ============================================================================ PIL plotting
 BLUE, ORANGE, GRAY_LINE = (31, 119, 180), (255, 127, 14), (150, 150, 150)

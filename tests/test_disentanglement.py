@@ -1,11 +1,11 @@
-"""Disentanglement diagnostics of the Hamiltonian model (lightning_modules.disentanglement)."""
+"""Disentanglement diagnostics of the Hamiltonian model (lightning_modules.evaluation.disentanglement)."""
 
 import math
 
 import pytest
 import torch
 
-from lightning_modules.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
+from lightning_modules.evaluation.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
 from lightning_modules.hamiltonian_module import HamiltonianMotionModule
 
 TINY = dict(content_dim=16, frame_dim=16, image_size=64, encoder_channels=[8, 8, 8, 8], encoder_strides=[2, 2, 2, 2],

@@ -12,8 +12,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cli
 from datamodules import MovingMNIST, PairFramesDataModule, ReedSprites, SpritesOnBackgrounds
-from lightning_modules import scene_evaluation as ev
-from lightning_modules.common import CheckpointGuardMixin
+from lightning_modules.evaluation import scene as ev
+from lightning_modules.evaluation import scene_metrics
+from lightning_modules.evaluation import tz
+from lightning_modules.base import SceneMotionModule
 from lightning_modules.equivariant_module import EquivariantSceneModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -148,7 +150,7 @@ def test_sprite_configs_test_from_checkpoint_with_analogy_tables(config, backgro
 
 
 # ---------------------------------------------------------------------------- clear errors
-class OtherModule(CheckpointGuardMixin, pl.LightningModule):
+class OtherModule(SceneMotionModule):
     def __init__(self):
         super().__init__()
         self.layer = torch.nn.Linear(2, 1)
@@ -156,7 +158,7 @@ class OtherModule(CheckpointGuardMixin, pl.LightningModule):
     def training_step(self, batch, batch_idx):
         return self.layer(batch[0]).mean()
 
-    def configure_optimizers(self):
+    def optimizer(self):
         return torch.optim.SGD(self.parameters(), 0.1)
 
 
@@ -229,7 +231,7 @@ def test_nearest_rotation_angle_recovers_the_rotation_of_a_polar_decomposition()
         a = torch.randn(2, 2, generator=g, dtype=torch.float64)
         spd = a @ a.T + 0.5 * torch.eye(2, dtype=torch.float64)  # symmetric positive definite stretch
         thetas.append(torch.cat([rotation(deg) @ spd, torch.randn(2, 1, generator=g, dtype=torch.float64)], dim=1))
-    got = ev.nearest_rotation_angle(torch.stack(thetas))
+    got = tz.nearest_rotation_angle(torch.stack(thetas))
     torch.testing.assert_close(got, torch.tensor(angles, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
@@ -237,14 +239,14 @@ def test_linear_regression_r2_is_one_for_linear_data_and_near_zero_for_noise():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 6))
     y = x @ rng.normal(size=(6, 6)) + rng.normal(size=6)
-    assert ev.linear_regression_r2(x, y)["r2"] == pytest.approx(1.0, abs=1e-9)
-    noise = ev.linear_regression_r2(x, rng.normal(size=(500, 6)))["r2"]
+    assert tz.linear_regression_r2(x, y)["r2"] == pytest.approx(1.0, abs=1e-9)
+    noise = tz.linear_regression_r2(x, rng.normal(size=(500, 6)))["r2"]
     assert 0.0 <= noise < 0.05
     # one output: matches 1 - SS_res / SS_tot computed by hand
     y1 = 2 * x[:, 0] + rng.normal(size=500)
     coef = np.polyfit(x[:, 0], y1, 1)
     manual = 1 - ((y1 - np.polyval(coef, x[:, 0])) ** 2).sum() / ((y1 - y1.mean()) ** 2).sum()
-    assert ev.linear_regression_r2(x[:, 0], y1)["r2"] == pytest.approx(manual)
+    assert tz.linear_regression_r2(x[:, 0], y1)["r2"] == pytest.approx(manual)
 
 
 def test_masked_mse_averages_over_the_selected_pixels_only():
@@ -252,10 +254,10 @@ def test_masked_mse_averages_over_the_selected_pixels_only():
     target[:, :, :2] = 1.0  # error 1 in the top half, 0 in the bottom half
     mask = torch.zeros(2, 1, 4, 4)
     mask[:, :, :2] = 1.0
-    torch.testing.assert_close(ev.per_example_mse(pred, target, mask), torch.ones(2))
-    torch.testing.assert_close(ev.per_example_mse(pred, target, 1 - mask), torch.zeros(2))
-    torch.testing.assert_close(ev.per_example_mse(pred, target), torch.full((2,), 0.5))
-    assert torch.isnan(ev.per_example_mse(pred, target, torch.zeros(2, 1, 4, 4))).all()
+    torch.testing.assert_close(scene_metrics.per_example_mse(pred, target, mask), torch.ones(2))
+    torch.testing.assert_close(scene_metrics.per_example_mse(pred, target, 1 - mask), torch.zeros(2))
+    torch.testing.assert_close(scene_metrics.per_example_mse(pred, target), torch.full((2,), 0.5))
+    assert torch.isnan(scene_metrics.per_example_mse(pred, target, torch.zeros(2, 1, 4, 4))).all()
 
 
 def test_fig3_protocol_streams_chunks_and_computes_the_baselines(cache_dir):
@@ -266,8 +268,8 @@ def test_fig3_protocol_streams_chunks_and_computes_the_baselines(cache_dir):
     assert per["transformation/mse"].shape == per["no_object/mse"].shape == (12,)
     # the baselines are the paper's: a background alone vs the frame, another frame of the video vs the frame
     ex = source.fig3_examples(5, seed=3, start=5)
-    np.testing.assert_allclose(per["no_object/mse"][5:10], ev.per_example_mse(ex["background1"], ex["x1_j"]).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(per["video_frames/mse"][5:10], ev.per_example_mse(ex["other_frame"], ex["x1_j"]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(per["no_object/mse"][5:10], scene_metrics.per_example_mse(ex["background1"], ex["x1_j"]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(per["video_frames/mse"][5:10], scene_metrics.per_example_mse(ex["other_frame"], ex["x1_j"]).numpy(), rtol=1e-6)
     assert (per["no_object/mse"] > 0).all()
     # the T_Z := T_X variant runs on the same examples
     gt = ev.fig3_protocol(scene, source, count=5, chunk=5, seed=3, use_ground_truth_transform=True, progress=False)
@@ -277,7 +279,7 @@ def test_fig3_protocol_streams_chunks_and_computes_the_baselines(cache_dir):
 def test_tz_analysis_uses_the_generators_angle_convention(cache_dir):
     source = small_mnist()
     scene = EquivariantSceneModule(**TINY).scene
-    res = ev.tz_analysis(scene, source, digit_index=0, background_index=1, pairs=20, chunk=8, progress=False)
+    res = tz.tz_analysis(scene, source, digit_index=0, background_index=1, pairs=20, chunk=8, progress=False)
     angles = np.concatenate([source.tz_analysis_pairs(n, 0, 1, start=s)["angle_deg"].numpy() for s, n in ((0, 8), (8, 8), (16, 4))])
     np.testing.assert_allclose(res["arrays"]["angle_x"], angles, atol=1e-3)
     # identity T_Z at initialisation: zero angle, zero translation, top-left entry 1

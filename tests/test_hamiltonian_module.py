@@ -14,8 +14,9 @@ import cli
 from callbacks import LastCheckpointAtEnd, ProgressBar
 from datamodules import ActionSequenceDataModule, DSVAESprites
 from utils.trainer import run_progress
-from lightning_modules.hamiltonian_module import HamiltonianMotionModule, repeat_clip
-from lightning_modules.sequence_metrics import ssim_per_image
+from lightning_modules.evaluation.motion import repeat_clip
+from lightning_modules.hamiltonian_module import HamiltonianMotionModule
+from lightning_modules.evaluation.sequence_metrics import ssim_per_image
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,7 +10,7 @@ import torch
 import cli
 from backbone.judge import SequenceJudge
 from lightning_modules.judge_module import SequenceJudgeModule
-from lightning_modules.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy
+from lightning_modules.evaluation.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

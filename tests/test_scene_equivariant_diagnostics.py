@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from backbone.scene import EquivariantScene, TransformNet, apply_affine, identity_affine, pivot_affine
-from lightning_modules import scene_evaluation as ev
+from lightning_modules.evaluation import scene as ev
+from lightning_modules.evaluation import scene_metrics
+from lightning_modules.evaluation import tz
 from tests.test_equivariant_module import small_mnist
 
 
@@ -24,24 +26,24 @@ def test_tz_analysis_oracle_true_transform_scores_one_and_a_constant_scores_zero
     source = small_mnist()
     tx = torch.cat([source.tz_analysis_pairs(200, 0, 1, start=s)["theta"] for s in (0, 200)]).double()
     assert tx[:, :, :2].std(0).min() > 1e-3  # the pairs rotate, so every output varies
-    oracle = ev.tz_statistics(tx, tx)["results"]
+    oracle = tz.tz_statistics(tx, tx)["results"]
     assert oracle["r2_tx_to_tz"] == pytest.approx(1.0, abs=1e-9)
     assert oracle["r2_tx_to_tz_variance_weighted"] == pytest.approx(1.0, abs=1e-9)
     np.testing.assert_allclose(oracle["r2_tx_to_tz_per_output"], 1.0, atol=1e-9)
     assert oracle["r2_angle"] == pytest.approx(1.0, abs=1e-9)
     # T_Z stuck at the identity explains nothing (sklearn would call a constant output perfectly fit)
-    stuck = ev.tz_statistics(tx, identity_affine(len(tx), dtype=torch.float64))["results"]
+    stuck = tz.tz_statistics(tx, identity_affine(len(tx), dtype=torch.float64))["results"]
     assert stuck["r2_tx_to_tz"] == 0.0 and stuck["r2_tx_to_tz_variance_weighted"] == 0.0
     # a T_Z unrelated to T_X: about zero
-    noise = ev.tz_statistics(tx, identity_affine(len(tx), dtype=torch.float64) + 0.1 * torch.randn(len(tx), 2, 3, dtype=torch.float64))
+    noise = tz.tz_statistics(tx, identity_affine(len(tx), dtype=torch.float64) + 0.1 * torch.randn(len(tx), 2, 3, dtype=torch.float64))
     assert noise["results"]["r2_tx_to_tz"] < 0.05 and noise["results"]["r2_angle"] < 0.05
     # a T_Z that only got the translation right: the four linear outputs fail, the angle r² is ~0
     translation_only = identity_affine(len(tx), dtype=torch.float64).clone()
     translation_only[:, :, 2] = tx[:, :, 2]
-    res = ev.tz_statistics(tx, translation_only)["results"]
+    res = tz.tz_statistics(tx, translation_only)["results"]
     assert res["r2_tx_to_tz_per_output"][2] == pytest.approx(1.0) and res["r2_tx_to_tz_per_output"][5] == pytest.approx(1.0)
     assert max(res["r2_tx_to_tz_per_output"][i] for i in (0, 1, 3, 4)) == 0.0
-    assert "r2 rotation angle" in ev.tz_table(res)
+    assert "r2 rotation angle" in tz.tz_table(res)
 
 
 # ---------------------------------------------------------------------------- ghost metrics
@@ -58,7 +60,7 @@ def ghost_scene(size: int = 16):
 
 def test_ghost_metrics_are_zero_for_a_perfect_render_and_large_for_a_ghosted_one():
     background, mask, character, on_canvas = ghost_scene()
-    perfect = ev.ghost_metrics(background, background, on_canvas, on_canvas, mask)
+    perfect = scene_metrics.ghost_metrics(background, background, on_canvas, on_canvas, mask)
     for v in perfect.values():
         torch.testing.assert_close(v, torch.zeros(2))
     # the character left in the background render, the diamond left in the character render
@@ -66,16 +68,16 @@ def test_ghost_metrics_are_zero_for_a_perfect_render_and_large_for_a_ghosted_one
     char_ghost = on_canvas.clone()
     char_ghost[:, :, 2:6, 2:6] = background[:, :, 2:6, 2:6]
     noise = 0.02 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    values = ev.ghost_metrics(bg_ghost + noise, background, char_ghost + noise, on_canvas, mask)
-    ratios = ev.ghost_ratios({k: v.numpy() for k, v in values.items()})
+    values = scene_metrics.ghost_metrics(bg_ghost + noise, background, char_ghost + noise, on_canvas, mask)
+    ratios = scene_metrics.ghost_ratios({k: v.numpy() for k, v in values.items()})
     assert ratios["background_ghost_ratio"] > 20 and ratios["character_ghost_ratio"] > 20
-    clean = ev.ghost_ratios({k: v.numpy() for k, v in ev.ghost_metrics(background + noise, background, on_canvas + noise, on_canvas, mask).items()})
+    clean = scene_metrics.ghost_ratios({k: v.numpy() for k, v in scene_metrics.ghost_metrics(background + noise, background, on_canvas + noise, on_canvas, mask).items()})
     assert 0.5 < clean["background_ghost_ratio"] < 1.5 and 0.5 < clean["character_ghost_ratio"] < 1.5
 
 
 def test_structure_mask_finds_the_diamonds_of_a_background():
     background, *_ = ghost_scene()
-    structure = ev.structure_mask(background)
+    structure = scene_metrics.structure_mask(background)
     assert structure[:, :, 2:6, 2:6].eq(1).all() and structure.sum() == 2 * 16
 
 
@@ -98,7 +100,7 @@ def test_pivot_affine_is_the_identity_at_zero_and_rotates_about_the_pivot():
     for k in range(2):
         torch.testing.assert_close(theta[k], rotation_about(20.0, pivot[k], torch.tensor([0.1, -0.05], dtype=torch.float64)))
     # the rotation is exact for a character centred on the pivot: its nearest-rotation angle is the angle
-    torch.testing.assert_close(ev.nearest_rotation_angle(theta), torch.full((2,), 20.0, dtype=torch.float64))
+    torch.testing.assert_close(tz.nearest_rotation_angle(theta), torch.full((2,), 20.0, dtype=torch.float64))
     # and scale / aspect / shear reach every orientation-preserving linear map
     params = torch.tensor([[0.3, 0.2, -0.1, 0.4, 0.0, 0.0]], dtype=torch.float64)
     lin = pivot_affine(params, torch.zeros(1, 2, dtype=torch.float64))[0, :, :2]
@@ -120,7 +122,7 @@ def test_pivot_head_is_exactly_the_identity_at_init_and_learns_a_rotation_about_
         loss = (apply_affine(z, net(z, rotated)) - rotated).pow(2).mean()
         loss.backward()
         opt.step()
-    angle = ev.nearest_rotation_angle(net(z, rotated).detach())
+    angle = tz.nearest_rotation_angle(net(z, rotated).detach())
     assert abs(abs(float(angle)) - 30.0) < 6.0
 
 

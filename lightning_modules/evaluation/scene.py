@@ -12,7 +12,7 @@ model, a dataset source and a device):
   per animation; with backgrounds also split into background-only / character-only MSE with
   the masks; and 'Ours-BG' (Fig. 6, 16-17): the same analogy on a plain gray canvas with the
   background encoder fed the canvas.
-* ``tz_analysis``: §4.6, the learned ``T_Z`` against the ground-truth ``T_X`` on pairs of one
+* ``lightning_modules.evaluation.tz.tz_analysis``: §4.6, the learned ``T_Z`` against the ground-truth ``T_X`` on pairs of one
   digit on one background: SVD nearest-rotation angle, translation norms, linear regression
   r² from ``T_X`` to ``T_Z`` (paper: 0.992 / 0.993).
 
@@ -29,110 +29,19 @@ then averaged.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision.utils import make_grid
 
 from backbone.scene import EquivariantScene
-from utils.io import write_npz  # noqa: F401 (ev.write_npz)
+from lightning_modules.evaluation.scene_metrics import GRAY, concat, ghost_metrics, ghost_ratios, mse_scales, per_example_metrics, per_example_mse, summarize
 from utils.progress import counter
 from utils.torch_utils import eval_mode
 
-GRAY = (0.5, 0.5, 0.5)
 ANALOGY_ROWS = ("analogy", "static_baseline", "background_only", "character_only", "gray_canvas")
-
-
-# ============================================================================ metrics
-def per_example_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``b c h w`` -> ``(b,)`` mean squared error; with ``mask`` (``b 1 h w`` in [0, 1]) the
-    mean over the masked pixels only (NaN where the mask is empty)."""
-    sq = (pred.float() - target.float()).pow(2)
-    if mask is None:
-        return sq.flatten(1).mean(1)
-    weight = mask.float().expand_as(sq)
-    total = weight.flatten(1).sum(1)
-    return torch.where(total > 0, (sq * weight).flatten(1).sum(1) / total.clamp_min(1e-12), torch.full_like(total, float("nan")))
-
-
-def per_example_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-example ``mse``, ``ssim`` and ``psnr`` (torchmetrics, data range 1) of ``b c h w`` images."""
-    pred, target = pred.float().clamp(0, 1), target.float()
-    return {
-        "mse": per_example_mse(pred, target),
-        "ssim": structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none"),
-        "psnr": peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)),
-    }
-
-
-def structure_mask(background: torch.Tensor, tolerance: float = 1.5 / 255) -> torch.Tensor:
-    """``b 3 h w -> b 1 h w``: pixels of a background that differ from its base colour (the per-channel
-    median, which the CSS4 base colour covers in most of the frame): where its diamonds are."""
-    base = background.float().flatten(2).median(dim=2).values[..., None, None]
-    return ((background.float() - base).abs().amax(1, keepdim=True) > tolerance).float()
-
-
-def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor, character_render: torch.Tensor,
-                  character_target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-example ghosts of one component in the render of the other (``b`` each; issue 13).
-
-    * ``background_render`` (``g(fb(x))``) against the ``true_background``: MSE inside the character
-      ``mask`` (``bg_inside``: a ghost of the character shows here) and outside (``bg_outside``).
-    * ``character_render`` (the background removed: ``fb`` fed a plain canvas) against
-      ``character_target`` (the character on that canvas), outside the mask: on the true
-      background's diamonds (``char_on_structure``: a ghost of the background shows here) and on
-      its base colour (``char_off_structure``).
-
-    The ghost ratios are ``bg_inside / bg_outside`` and ``char_on_structure / char_off_structure``
-    of the means (``ghost_ratios``): about 1 without a ghost, large with one.
-    """
-    mask = mask.float()
-    outside = 1.0 - mask
-    structure = structure_mask(true_background)
-    return {
-        "bg_inside": per_example_mse(background_render, true_background, mask),
-        "bg_outside": per_example_mse(background_render, true_background, outside),
-        "char_on_structure": per_example_mse(character_render, character_target, outside * structure),
-        "char_off_structure": per_example_mse(character_render, character_target, outside * (1.0 - structure)),
-    }
-
-
-def ghost_ratios(values: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """``background_ghost_ratio`` and ``character_ghost_ratio`` from ``ghost_metrics`` arrays (NaNs dropped)."""
-    mean = {k: float(np.nanmean(np.asarray(v, dtype=np.float64))) for k, v in values.items()}
-    ratio = lambda a, b: mean[a] / mean[b] if mean[b] > 0 else float("inf") if mean[a] > 0 else 1.0  # noqa: E731
-    return {**{f"{k}_mse": v for k, v in mean.items()},
-            "background_ghost_ratio": ratio("bg_inside", "bg_outside"),
-            "character_ghost_ratio": ratio("char_on_structure", "char_off_structure")}
-
-
-def summarize(values: np.ndarray | torch.Tensor) -> dict[str, float]:
-    """Mean, std, median, quartiles, min/max and the 95% confidence half-width of the mean (NaNs dropped)."""
-    v = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return {"n": 0, "mean": float("nan"), "std": float("nan"), "median": float("nan"), "q1": float("nan"),
-                "q3": float("nan"), "min": float("nan"), "max": float("nan"), "ci95": float("nan")}
-    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    return {
-        "n": int(len(v)), "mean": float(v.mean()), "std": std, "median": float(np.median(v)),
-        "q1": float(np.percentile(v, 25)), "q3": float(np.percentile(v, 75)), "min": float(v.min()), "max": float(v.max()),
-        "ci95": 1.96 * std / math.sqrt(len(v)),
-    }
-
-
-def mse_scales(mse: np.ndarray, elements: int) -> dict[str, dict[str, float]]:
-    """Summaries of an MSE array on the three scales (module docstring)."""
-    mse = np.asarray(mse, dtype=np.float64)
-    return {"mse": summarize(mse), "mse_255": summarize(mse * 255.0**2), "sse": summarize(mse * elements)}
-
-
-def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    return {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
 
 
 # ============================================================================ Fig. 3
@@ -209,14 +118,14 @@ def fig3_protocol(
     elements = int(np.prod(examples["x1_i"].shape[1:]))
     summary, per_example = {}, {}
     for row, chunks in parts.items():
-        values = _concat(chunks)
+        values = concat(chunks)
         summary[row] = {**mse_scales(values["mse"], elements), "ssim": summarize(values["ssim"]), "psnr": summarize(values["psnr"])}
         for key, v in values.items():
             per_example[f"{row}/{key}"] = v
     inside = per_example["transformation/target_inside"] > 0.5
     summary["transformation_target_inside"] = mse_scales(per_example["transformation/mse"][inside], elements)
     summary["transformation_target_inside"]["fraction"] = float(inside.mean())
-    ghost_values = _concat(ghosts)
+    ghost_values = concat(ghosts)
     summary["ghosts"] = ghost_ratios(ghost_values)
     per_example.update({f"ghosts/{k}": v for k, v in ghost_values.items()})
     return {"summary": summary, "per_example": per_example, "examples": examples}
@@ -248,20 +157,6 @@ def ghost_table(ghosts: Mapping[str, float]) -> str:
     }
     return format_table("Ghosts (background render: inside / outside the character mask; character render: "
                         "on / off the true background's diamonds, outside the mask)", rows, ["ghost region MSE", "reference MSE", "ratio"])
-
-
-def tz_table(res: Mapping[str, Any], paper: float | None = None) -> str:
-    """§4.6 numbers as a printed table: uniform and variance-weighted r², per-output r², angle and translation-norm r²."""
-    from utils.report import format_table
-
-    rows = {"r2 T_X -> T_Z (uniform mean, sklearn)": {"value": res["r2_tx_to_tz"], "paper": paper},
-            "r2 T_X -> T_Z (variance-weighted)": {"value": res["r2_tx_to_tz_variance_weighted"], "paper": None}}
-    for name, value in zip(("a11", "a12", "t_x", "a21", "a22", "t_y"), res["r2_tx_to_tz_per_output"]):
-        rows[f"  r2 of T_Z {name}"] = {"value": value, "paper": None}
-    rows["r2 rotation angle (SVD)"] = {"value": res["r2_angle"], "paper": None}
-    rows["r2 translation norm"] = {"value": res["r2_translation_norm"], "paper": None}
-    where = f", digit {res['digit_label']}, {res['pairs']} pairs" if "digit_label" in res else ""
-    return format_table(f"T_Z analysis (§4.6){where}", rows, ["value", "paper"])
 
 
 # ============================================================================ sprites
@@ -370,7 +265,7 @@ def sprite_analogy_protocol(
     for row, chunks in rows.items():
         if not chunks:
             continue
-        values = _concat(chunks)
+        values = concat(chunks)
         summary[row] = {}
         for name, idx in [("all", np.ones_like(action_of, dtype=bool))] + [(act, action_of == k) for k, act in enumerate(actions)]:
             if not idx.any():
@@ -383,7 +278,7 @@ def sprite_analogy_protocol(
         for key, v in values.items():
             per_example[f"{row}/{key}"] = v
     if ghosts:
-        ghost_values = _concat(ghosts)
+        ghost_values = concat(ghosts)
         summary["ghosts"] = ghost_ratios(ghost_values)
         per_example.update({f"ghosts/{k}": v for k, v in ghost_values.items()})
     return {"summary": summary, "per_example": per_example, "examples": examples, "pairs": len(pairs), "actions": list(actions)}
@@ -401,131 +296,6 @@ def sprite_table(result: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, fl
                 "SSE mean": s["sse"]["mean"], "SSIM": s.get("ssim", {}).get("mean"), "PSNR": s.get("psnr", {}).get("mean"),
             }
     return f"Sprite analogies ({result['pairs']} test clip pairs, per predicted frame)", rows
-
-
-# ============================================================================ §4.6 T_Z analysis
-def nearest_rotation_angle(theta: torch.Tensor) -> torch.Tensor:
-    """Angle (degrees) of the rotation ``R = U V^T`` nearest to each 2x2 linear part (SVD, §4.6);
-    for a reflection (``det < 0``) the nearest proper rotation (last singular vector flipped)."""
-    lin = theta[..., :2, :2].double()
-    u, _, vh = torch.linalg.svd(lin)
-    d = torch.sign(torch.linalg.det(u @ vh))
-    u = torch.cat([u[..., :1], u[..., 1:] * d[..., None, None]], dim=-1)
-    r = u @ vh
-    return torch.rad2deg(torch.atan2(r[..., 1, 0], r[..., 0, 0]))
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation (NaN when either input is constant)."""
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    if x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def linear_regression_r2(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Least squares ``y ≈ [x, 1] W`` (numpy ``lstsq``) and its r² as sklearn's
-    ``LinearRegression().score`` computes it: per output ``1 - SS_res / SS_tot``, averaged
-    uniformly over outputs; also the variance-weighted average. One departure from sklearn: an
-    output that does not vary (``SS_tot = 0``) scores 0, not sklearn's 1, so that a constant
-    ``T_Z`` (e.g. stuck at the identity) gives r² = 0 rather than a perfect score."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    resid = y - design @ coef
-    ss_res = (resid**2).sum(0)
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    varies = ss_tot > 1e-12 * len(y)
-    per_output = np.where(varies, 1.0 - ss_res / np.where(varies, ss_tot, 1.0), 0.0)
-    weighted = 1.0 - ss_res.sum() / ss_tot.sum() if varies.any() else 0.0
-    return {"r2": float(per_output.mean()), "r2_variance_weighted": float(weighted), "r2_per_output": per_output.tolist(),
-            "coefficients": coef.tolist()}
-
-
-def tz_statistics(tx: torch.Tensor, tz: torch.Tensor, image_size: float = 64.0) -> dict[str, Any]:
-    """The §4.6 numbers of ground-truth ``tx`` and learned ``tz`` (``n 2 3`` each): r² of the 6-d linear
-    regression ``T_X -> T_Z`` (uniform mean as sklearn, variance-weighted and per output), SVD
-    nearest-rotation angle fit, translation norms and Fig. 11 statistics. Returns
-    ``{"results": numbers, "arrays": per-pair arrays}``."""
-    tx, tz = tx.double(), tz.double()
-    angle_x = torch.rad2deg(torch.atan2(tx[:, 1, 0], tx[:, 0, 0]))
-    angle_z = nearest_rotation_angle(tz)
-    half = float(image_size) / 2.0
-    arrays = {
-        "theta_x": tx.numpy(), "theta_z": tz.numpy(),
-        "angle_x": angle_x.numpy(), "angle_z": angle_z.numpy(),
-        "translation_norm_x": tx[:, :, 2].norm(dim=1).numpy(), "translation_norm_z": tz[:, :, 2].norm(dim=1).numpy(),
-        "translation_norm_x_px": (tx[:, :, 2] * half).norm(dim=1).numpy(),
-        "largest_singular_value_x": torch.linalg.svdvals(tx[:, :2, :2])[:, 0].numpy(),
-        "largest_singular_value_z": torch.linalg.svdvals(tz[:, :2, :2])[:, 0].numpy(),
-        "top_left_x": tx[:, 0, 0].numpy(), "top_left_z": tz[:, 0, 0].numpy(),
-    }
-    regression = linear_regression_r2(arrays["theta_x"], arrays["theta_z"])
-    angle_fit = linear_regression_r2(arrays["angle_x"], arrays["angle_z"])
-    norm_fit = linear_regression_r2(arrays["translation_norm_x"], arrays["translation_norm_z"])
-    results = {
-        "r2_tx_to_tz": regression["r2"], "r2_tx_to_tz_variance_weighted": regression["r2_variance_weighted"],
-        "r2_tx_to_tz_per_output": regression["r2_per_output"],
-        "r2_angle": angle_fit["r2"], "angle_slope": angle_fit["coefficients"][0][0], "angle_intercept": angle_fit["coefficients"][1][0],
-        "pearson_angle": pearson(arrays["angle_x"], arrays["angle_z"]),
-        "r2_translation_norm": norm_fit["r2"],
-        "pearson_translation_norm": pearson(arrays["translation_norm_x"], arrays["translation_norm_z"]),
-        "angle_x": summarize(arrays["angle_x"]), "angle_z": summarize(arrays["angle_z"]),
-        "translation_norm_x": summarize(arrays["translation_norm_x"]), "translation_norm_x_px": summarize(arrays["translation_norm_x_px"]),
-        "translation_norm_z": summarize(arrays["translation_norm_z"]),
-        "largest_singular_value_z": summarize(arrays["largest_singular_value_z"]), "top_left_z": summarize(arrays["top_left_z"]),
-        "paper_r2": {"5": 0.992, "8": 0.993},
-    }
-    return {"results": results, "arrays": arrays}
-
-
-@eval_mode.first_argument
-def tz_analysis(
-    scene: EquivariantScene,
-    source,
-    digit_index: int,
-    background_index: int = 0,
-    pairs: int = 40_000,
-    chunk: int = 1000,
-    seed: int = 0,
-    split: str = "test",
-    device: torch.device | str = "cpu",
-    assets_root: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """§4.6 on ``pairs`` frame pairs of one digit instance on one background (``source.tz_analysis_pairs``).
-
-    For each pair ``(x_i, x_j)``: ``T_Z = T_Z(fc(x_i), fc(x_j))`` and ground-truth ``T_X``.
-    Returns ``{"results": numbers, "arrays": per-pair arrays}`` with ``angle_x`` (atan of
-    ``T_X``'s first column, degrees), ``angle_z`` (SVD nearest rotation of ``T_Z``),
-    ``translation_norm_x/z`` (norm of the third column, normalised coordinates; ``T_X`` also
-    in px), the largest singular values and top-left entries (Fig. 11), and r² of linear
-    regressions ``T_X -> T_Z`` (6-d, as in the paper) and ``angle_x -> angle_z``.
-    """
-    device = torch.device(device)
-    theta_x, theta_z, label = [], [], None
-    bar = counter(pairs, "T_Z analysis pairs", progress)
-    for start in range(0, pairs, chunk):
-        size = min(chunk, pairs - start)
-        batch = source.tz_analysis_pairs(size, digit_index, background_index, seed=seed, start=start, split=split, assets_root=assets_root)
-        with torch.inference_mode():
-            z_i = scene.encode_character(batch["x_i"].to(device))
-            z_j = scene.encode_character(batch["x_j"].to(device))
-            theta_z.append(scene.transform(z_i, z_j).double().cpu())
-        theta_x.append(batch["theta"].double())
-        label = int(batch["digit_label"])
-        if bar is not None:
-            bar.update(size)
-    if bar is not None:
-        bar.close()
-    stats = tz_statistics(torch.cat(theta_x), torch.cat(theta_z), float(getattr(source, "image_size", 64)))
-    results = {
-        "digit_index": int(digit_index), "digit_label": label, "background_index": int(background_index), "pairs": int(pairs),
-        "split": split, "seed": int(seed), **stats["results"],
-    }
-    arrays = stats["arrays"]
-    return {"results": results, "arrays": arrays}
 
 
 # ============================================================================ output
@@ -580,4 +350,3 @@ def manipulation_grid(scene: EquivariantScene, x1: torch.Tensor, x2: torch.Tenso
         ("background only", scene.render_background(x1)),
         ("character only", scene.render_character(x1, x1, x2)),
     ])
-
