@@ -81,10 +81,14 @@ class ClipDataset(Dataset, ABC):
         ``frames`` or all ``n`` frames when ``None``; clear ``IndexError`` when out of range."""
         if not 0 <= index < len(self):
             raise IndexError(f"clip index {index} out of range for {len(self)} clips")
-        n = self.clip_length(index)
+        return self.select_frames(frames, self.clip_length(index), self.clip_name(index))
+
+    @staticmethod
+    def select_frames(frames: Sequence[int] | None, n: int, name: str) -> np.ndarray:
+        """Checked indices ``frames`` (all ``n`` when ``None``) into ``name``'s ``n`` frames, negative ones from the end."""
         sel = np.arange(n) if frames is None else np.asarray(frames, dtype=np.int64).reshape(-1)
         if sel.size and (sel.min() < -n or sel.max() >= n):
-            raise IndexError(f"frames {sel.tolist()} out of range for {self.clip_name(index)} of {n} frames")
+            raise IndexError(f"frames {sel.tolist()} out of range for {name} of {n} frames")
         return sel % n
 
     def labelled_item(self, index: int, frames: torch.Tensor, masks: torch.Tensor, character: int,

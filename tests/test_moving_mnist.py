@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from datamodules import moving_mnist as mm
+from datamodules import mnist_motion as mm_motion
+from datamodules import mnist_generation as mm_generation
 from datamodules.backgrounds import split_backgrounds
 from datamodules.base import relative_affine
 from datamodules.mnist import IDXFormatError, load_mnist, read_idx
@@ -31,7 +33,7 @@ def batches():
     rng = np.random.default_rng(11)
     out = {}
     for n, b in ((1, 160), (2, 48)):
-        digits = images[mm._distinct_digits(rng, len(images), b, n)]
+        digits = images[mm_generation._distinct_digits(rng, len(images), b, n)]
         bgs = backgrounds[rng.integers(0, 8, b)]
         out[n] = dict(mm.generate_clips(digits, bgs, rng, 5), digits=digits, backgrounds=bgs)
     return out
@@ -171,9 +173,9 @@ def test_rotation_direction_is_counter_clockwise():
     digit = np.zeros((1, 1, 28, 28), dtype=np.uint8)
     digit[0, 0, 13:15, 14:26] = 255
     offsets = np.array([[[18, 18]]])
-    g0 = mm._translation(offsets.astype(np.float64))
-    step = mm._step_matrices(np.array([[mm.ROTATION]]), np.array([[90.0]]), np.zeros((1, 1, 2)), g0[..., :2, 2] + 13.5)
-    poses = mm._poses_from_forward(np.stack([g0, step @ g0], axis=1), 64)
+    g0 = mm_motion._translation(offsets.astype(np.float64))
+    step = mm_motion._step_matrices(np.array([[mm.ROTATION]]), np.array([[90.0]]), np.zeros((1, 1, 2)), g0[..., :2, 2] + 13.5)
+    poses = mm_motion._poses_from_forward(np.stack([g0, step @ g0], axis=1), 64)
     ys, xs = np.nonzero(mm.render_layers(digit, offsets, poses)[0, 1, 0].numpy() > 0.5)
     assert ys.max() <= 32 and ys.min() < 24 and xs.min() >= 30 and xs.max() <= 33
     theta = relative_affine(torch.from_numpy(poses[0, 0, 0]), torch.from_numpy(poses[0, 1, 0]))
@@ -205,7 +207,7 @@ def test_choice_shortcut_is_generator_choice():
     for seed in range(50):
         r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
         for size in (1, 3, (2, 2)):
-            assert np.array_equal(r1.choice(mm.ROTATIONS_DEG, size), mm._choice(r2, mm.ROTATIONS_DEG, size))
+            assert np.array_equal(r1.choice(mm.ROTATIONS_DEG, size), mm_motion._choice(r2, mm.ROTATIONS_DEG, size))
         assert r1.integers(1 << 62) == r2.integers(1 << 62)
 
 
