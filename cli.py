@@ -40,11 +40,16 @@ class SceneMotionCLI(LightningCLI):
         return
 
     def parse_arguments(self, parser, args) -> None:
-        """Check that every ``--config`` file is valid YAML first: the parser's own message names no file."""
+        """Check that every ``--config`` file is valid YAML first (the parser's own message names no
+        file), and hand a config with a ``base`` to the parser as its chain of files (``utils.config``)."""
         argv = sys.argv[1:] if args is None else (list(args) if isinstance(args, (list, tuple)) else [])
         for path in _config_paths(argv):
             check_yaml_file(path)
-        super().parse_arguments(parser, args)
+        expanded = expand_config_bases(argv)
+        if expanded == argv:
+            super().parse_arguments(parser, args)
+        else:
+            self.config = parser.parse_args(expanded)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         """``ckpt_path``: ``last`` becomes an intact checkpoint of this model (``resolve_last_checkpoint``);
@@ -132,6 +137,29 @@ def _config_paths(argv: list[str]) -> list[str]:
         elif token.startswith("--config="):
             paths.append(token.split("=", 1)[1])
     return paths
+
+
+def expand_config_bases(argv: list[str]) -> list[str]:
+    """``--config variant.yaml`` whose file names a ``base`` becomes ``--config`` of its options merged
+    over its base's (``utils.config.load_config``, given as YAML text): one config, exactly the merge
+    that ``load_config`` defines (a changed ``class_path`` starts its ``init_args`` anew)."""
+    import yaml
+
+    from utils.config import has_base, load_config
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        value, step = (argv[i + 1], 2) if token in ("--config", "-c") and i + 1 < len(argv) else (None, 1)
+        if token.startswith("--config="):
+            value = token.split("=", 1)[1]
+        if value is not None and has_base(value):
+            out += ["--config", yaml.safe_dump(load_config(value), sort_keys=False)]
+        else:
+            out += argv[i : i + step]
+        i += step
+    return out
 
 
 def check_yaml_file(path: str | os.PathLike) -> None:

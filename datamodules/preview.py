@@ -25,6 +25,7 @@ from torchvision.utils import make_grid, save_image
 
 from datamodules.base import ClipSource
 from utils.checks import check_int
+from utils.config import load_config
 from utils.errors import user_error_message
 from utils.io import atomic_output
 
@@ -84,8 +85,7 @@ def source_from_config(path: str) -> dict:
     if not Path(path).is_file():
         raise SystemExit(f"error: config {path} does not exist (--config takes a training config, e.g. configs/mnist_equivariant_cpu.yaml).")
     try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
+        config = load_config(path)  # a variant's base merged in
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import cli
+from config_list import HAMILTONIAN_CPU, SCENE_CPU
 from callbacks.prediction_writer import has_video_backend, write_mp4
 from datamodules import DSVAESprites
 from utils.checkpoints import MODEL_TAG_KEY
@@ -88,11 +89,11 @@ def grid_size(rows: int, cols: int, side: int = 64, pad: int = 2) -> tuple[int, 
 
 
 # ------------------------------------------------------------------------------ predict, every CPU config
-SCENE = ["mnist_equivariant_cpu.yaml", "mnist_equivariant_tx_ablation_cpu.yaml", "sprites_equivariant_cpu.yaml", "reed_sprites_equivariant_cpu.yaml"]
+SCENE = SCENE_CPU
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["sprites_hamiltonian_cpu.yaml", "sprites_hamiltonian_skew_cpu.yaml"])
+@pytest.mark.parametrize("config", HAMILTONIAN_CPU)
 def test_predict_hamiltonian_writes_generation_swap_and_samples(config, tmp_path, cache_dir):
     ckpt = fit_tiny(config, tmp_path / "run", cache_dir)
     out = predict(config, ckpt, tmp_path / "pred", cache_dir, ["--model.init_args.predict", "{length: 5}"])

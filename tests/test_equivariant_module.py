@@ -2,15 +2,16 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 import cli
+from config_list import BY_MODEL, CONFIGS, TINY_EQUIVARIANT
 from datamodules import MovingMNIST, PairFramesDataModule, ReedSprites, SpritesOnBackgrounds
 from lightning_modules.evaluation import scene as ev
 from lightning_modules.evaluation import scene_metrics
@@ -18,15 +19,9 @@ from lightning_modules.evaluation import tz
 from lightning_modules.base import SceneMotionModule
 from lightning_modules.equivariant_module import EquivariantSceneModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL_CONFIGS = [
-    "mnist_equivariant.yaml", "mnist_equivariant_cpu.yaml", "mnist_equivariant_tx_ablation.yaml",
-    "mnist_equivariant_tx_ablation_cpu.yaml", "sprites_equivariant.yaml", "sprites_equivariant_cpu.yaml",
-    "reed_sprites_equivariant.yaml", "reed_sprites_equivariant_cpu.yaml",
-]
-TINY = dict(channels=[8, 16, 16], feature_channels=8, tz_channels=[8], tz_hidden=16)
-TINY_ARGS = ["--model.init_args.channels", "[8, 16, 16]", "--model.init_args.feature_channels", "8",
-             "--model.init_args.tz_channels", "[8]", "--model.init_args.tz_hidden", "16"]
+ALL_CONFIGS = BY_MODEL["equivariant"]
+TINY = yaml.safe_load(TINY_EQUIVARIANT.read_text())["model"]["init_args"]
+TINY_ARGS = ["--config", str(TINY_EQUIVARIANT)]
 
 
 MNIST_EVAL_ARGS = ["--model.init_args.fig3_examples", "24", "--model.init_args.fig3_chunk", "10", "--model.init_args.tz_pairs", "40"]

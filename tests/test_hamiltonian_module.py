@@ -11,14 +11,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 import cli
+from config_list import CONFIGS, TINY_HAMILTONIAN
 from callbacks import LastCheckpointAtEnd, ProgressBar
 from datamodules import ActionSequenceDataModule, DSVAESprites
 from utils.trainer import run_progress
 from lightning_modules.evaluation.motion import repeat_clip
 from lightning_modules.hamiltonian_module import HamiltonianMotionModule
 from lightning_modules.evaluation.sequence_metrics import ssim_per_image
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +26,7 @@ def _cli_argv(monkeypatch):
 TINY = dict(content_dim=16, frame_dim=16, image_size=64, encoder_channels=[8, 8, 8, 8], encoder_strides=[2, 2, 2, 2],
             encoder_hidden=[32], decoder_hidden=[32], decoder_channels=[8, 8, 8, 8], decoder_strides=[2, 2, 2, 2],
             kernel_size=3)  # fmt: skip
-TINY_ARGS = [
-    "--model.init_args.content_dim", "16", "--model.init_args.frame_dim", "16",
-    "--model.init_args.encoder_channels", "[8, 8, 8, 8]", "--model.init_args.decoder_channels", "[8, 8, 8, 8]",
-    "--model.init_args.encoder_hidden", "[32]", "--model.init_args.decoder_hidden", "[32]",
-]  # fmt: skip
+TINY_ARGS = ["--config", str(TINY_HAMILTONIAN)]  # the widths of TINY
 
 
 def common_args(tmp_path, cache_dir, batch_size: int) -> list[str]:

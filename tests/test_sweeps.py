@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import sweep
+from utils.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted(glob.glob(str(ROOT / "configs" / "sweeps" / "*.yaml")))
@@ -36,7 +37,7 @@ def test_sweep_file_passes_the_engine_schema_and_names_real_init_args(path, monk
     assert filled["metric"]["goal"] in ("minimize", "maximize") and filled["metric"]["name"].startswith("val/")
     command = config["command"]
     assert config["program"] == "cli.py" and command[:4] == ["${env}", "${interpreter}", "${program}", "fit"]
-    base = yaml.safe_load((ROOT / command[command.index("--config") + 1]).read_text())
+    base = load_config(ROOT / command[command.index("--config") + 1])
     module_path, cls = base["model"]["class_path"].rsplit(".", 1)
     accepted = inspect.signature(getattr(importlib.import_module(module_path), cls)).parameters
     for name in config["parameters"]:
