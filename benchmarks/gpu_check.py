@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"gpu_check: {device_name(a.device)}; out {a.out}", flush=True)
+    torch.set_float32_matmul_precision("high")  # as cli.main() sets it for every run: the fp32 peak is TF32 on a GPU
     peaks = {}
     for precision in a.precisions:
         try:
