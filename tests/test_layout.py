@@ -113,6 +113,11 @@ def test_no_import_cycles(graph):
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def test_no_source_file_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p in source_files().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these files (at most {MAX_LINES} lines): {long}"
+
+
 def test_backbone_has_no_lightning():
     for path in (ROOT / "backbone").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
