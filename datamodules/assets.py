@@ -11,7 +11,6 @@ user with internet; nothing in the tests or CI ever downloads.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from datamodules.base import AssetError  # noqa: F401 (datamodules.assets.AssetError)
+from utils.io import sha256_of  # noqa: F401 (datamodules.assets.sha256_of)
 
 ENV_ASSETS = "SCENEMOTION_ASSETS"
 MANIFEST_PATH = Path(__file__).with_name("assets_manifest.json")
@@ -83,14 +83,6 @@ def load_manifest() -> dict[str, dict]:
     """``{relative path: {"sha256", "size"}}`` for every known asset file."""
     with open(MANIFEST_PATH) as f:
         return json.load(f)["files"]
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_files(group: str) -> list[str]:

@@ -29,6 +29,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from utils.io import sha256_of
+
 ENV_CACHE = "SCENEMOTION_CACHE"
 META = "meta.json"
 FORMAT = 2  # 2: meta.json records shape, dtype, bytes and sha256 of every array
@@ -57,14 +59,6 @@ def _log(message: str) -> None:
 def _owner() -> str:
     """``<host>-<pid>``: temporary folder names carry their builder, so a dead builder's are found."""
     return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _npy_expected_size(path: Path) -> tuple[int, tuple[int, ...], str]:
@@ -167,7 +161,7 @@ def _write(final: Path, name: str, params: Mapping, arrays: Mapping[str, np.ndar
             value = np.ascontiguousarray(value)
             path = tmp / f"{key}.npy"
             np.save(path, value, allow_pickle=False)
-            files[key] = {"shape": list(value.shape), "dtype": value.dtype.str, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[key] = {"shape": list(value.shape), "dtype": value.dtype.str, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
         meta = {"format": FORMAT, "name": name, "params": dict(params), "arrays": sorted(arrays), "files": files}
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
@@ -223,7 +217,7 @@ def verify_caches(cache_dir: str | os.PathLike | None = None, remove: bool = Tru
         if problem is None:
             files = json.loads((folder / META).read_text()).get("files", {})
             for key, info in sorted(files.items()):
-                if "sha256" in info and _sha256(folder / f"{key}.npy") != info["sha256"]:
+                if "sha256" in info and sha256_of(folder / f"{key}.npy") != info["sha256"]:
                     problem = f"{key}.npy does not match its SHA-256 in {META} (corrupt)"
                     break
         if problem is not None and remove:

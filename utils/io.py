@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -68,3 +69,12 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, "np.ndarray"]) -> Pa
     with atomic_output(path) as tmp:
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     return Path(path)
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks (asset manifests and cache checksums)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
