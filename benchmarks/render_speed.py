@@ -42,11 +42,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbone.scene import EquivariantScene, apply_affine  # noqa: E402
+from utils.config import load_config  # noqa: E402
 from utils.report import format_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def build_scene(config: str | None, ckpt: str | None) -> tuple[EquivariantScene,
         module = EquivariantSceneModule.load_from_checkpoint(ckpt, map_location="cpu")
         return module.scene, bool(module.hparams.channels_last), f"checkpoint {ckpt}"
     path = Path(config or ROOT / "configs" / "mnist_equivariant_cpu.yaml")
-    args = yaml.safe_load(path.read_text())["model"]["init_args"]
+    args = load_config(path)["model"]["init_args"]
     scene = EquivariantScene(**{k: args[k] for k in SCENE_ARGS if k in args})
     channels_last = bool(args.get("channels_last", False))
     if channels_last:
@@ -174,7 +174,7 @@ def studio_benchmark(scene: EquivariantScene, channels_last: bool, motion_config
         if motion_ckpt:
             hm = HamiltonianMotionModule.load_from_checkpoint(motion_ckpt, map_location="cpu")
         else:
-            args = yaml.safe_load(Path(motion_config).read_text())["model"]["init_args"]
+            args = load_config(motion_config)["model"]["init_args"]
             hm = HamiltonianMotionModule(**{k: v for k, v in args.items() if k not in ("judge_checkpoint",)})
         m = Handlers(MotionComposer(hm, [("image", torch.rand(1, 3, hm.model.image_size, hm.model.image_size), 0)]))
 

@@ -202,12 +202,16 @@ class ImageGridCallback(pl.Callback):
             )
         return grid
 
-    def _require(self, pl_module: pl.LightningModule, variants: dict[str, tuple[str, ...]]) -> tuple[str, dict[str, Callable]]:
-        """The first model variant whose methods all exist: ``(variant, {name: method})``."""
-        for variant, names in variants.items():
+    def _require(self, pl_module: pl.LightningModule, variants: dict[str, tuple[str, ...]]) -> dict[str, Callable]:
+        """The methods of the first model variant whose methods all exist: ``{name: method}``.
+
+        A callback dispatches on which capability it got (``"swap_motion" in methods``); the
+        variant names (``"a motion model"``) only word the error when none fits.
+        """
+        for names in variants.values():
             methods = {name: find_method(pl_module, name) for name in names}
             if all(m is not None for m in methods.values()):
-                return variant, methods  # type: ignore[return-value]
+                return methods  # type: ignore[return-value]
         wanted = " or ".join(f"{variant} ({', '.join(names)})" for variant, names in variants.items())
         raise TypeError(f"{type(self).__name__} needs {wanted}; {type(pl_module).__name__} does not have these methods.")
 
@@ -241,10 +245,10 @@ class SwapGrid(ImageGridCallback):
         self._require(pl_module, self.VARIANTS)
 
     def build(self, pl_module: pl.LightningModule, examples: dict[str, torch.Tensor]) -> torch.Tensor:
-        variant, methods = self._require(pl_module, self.VARIANTS)
+        methods = self._require(pl_module, self.VARIANTS)
         n = self.num_examples
         a, b = examples["frames"][:n], examples["frames"][n:]
-        if variant == "a motion model":
+        if "swap_motion" in methods:
             if "action" not in examples:
                 raise ValueError("SwapGrid (motion swap) needs action-labelled clips (the dataset has no 'action').")
             act_a, act_b = examples["action"][:n], examples["action"][n:]
@@ -270,7 +274,7 @@ class AnalogyGrid(ImageGridCallback):
         self._require(pl_module, self.VARIANTS)
 
     def build(self, pl_module: pl.LightningModule, examples: dict[str, torch.Tensor]) -> torch.Tensor:
-        _, m = self._require(pl_module, self.VARIANTS)
+        m = self._require(pl_module, self.VARIANTS)
         n = self.num_examples
         frames = examples["frames"]
         x1, x2, x3 = frames[:n], frames[n : 2 * n], frames[2 * n :]
@@ -314,7 +318,7 @@ class GenerationGrid(ImageGridCallback):
         self.actions = tuple(actions)
 
     def build(self, pl_module: pl.LightningModule, examples: dict[str, torch.Tensor]) -> torch.Tensor:
-        _, m = self._require(pl_module, self.VARIANTS)
+        m = self._require(pl_module, self.VARIANTS)
         frames0 = examples["frames"][:, 0]
         length = self.length or 2 * examples["frames"].shape[1]
         n = frames0.shape[0]

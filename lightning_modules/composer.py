@@ -141,7 +141,21 @@ class _Cache:
         return self.items[key]
 
 
-class SceneComposer:
+class _Composer:
+    """What both composers share: the input check against the model's ``image_size``."""
+
+    image_size: int
+
+    def _check(self, clip: Tensor, name: str) -> Tensor:
+        """``clip`` as ``t 3 h w`` (a single ``3 h w`` frame gets a time axis), else ``StudioError``."""
+        if clip.dim() == 3:
+            clip = clip[None]
+        if clip.dim() != 4 or clip.shape[1:] != (3, self.image_size, self.image_size):
+            raise StudioError(f"The {name} must be {self.image_size}x{self.image_size} RGB frames, got shape {tuple(clip.shape)}.")
+        return clip
+
+
+class SceneComposer(_Composer):
     """Character / background / animation composition with an ``EquivariantScene`` (paper 000)."""
 
     kind = "scene"
@@ -157,13 +171,6 @@ class SceneComposer:
 
     def _fmt(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
-
-    def _check(self, clip: Tensor, name: str) -> Tensor:
-        if clip.dim() == 3:
-            clip = clip[None]
-        if clip.dim() != 4 or clip.shape[1:] != (3, self.image_size, self.image_size):
-            raise StudioError(f"The {name} must be {self.image_size}x{self.image_size} RGB frames, got shape {tuple(clip.shape)}.")
-        return clip
 
     @torch.inference_mode()
     def compose(self, character: Tensor, background: Tensor | None = None, animation: Tensor | None = None,
@@ -195,7 +202,7 @@ class SceneComposer:
         return self.scene.transform(z[:1].expand_as(z), z)
 
 
-class MotionComposer:
+class MotionComposer(_Composer):
     """Image -> sequence for any action and length, and motion swap, with a ``MotionVAE`` (paper 004)."""
 
     kind = "motion"
@@ -217,13 +224,6 @@ class MotionComposer:
         if name in self.action_names:
             return self.action_names.index(name)
         raise StudioError(f"Unknown action {name!r}; this model has {self.action_names}.")
-
-    def _check(self, clip: Tensor, name: str) -> Tensor:
-        if clip.dim() == 3:
-            clip = clip[None]
-        if clip.dim() != 4 or clip.shape[1:] != (3, self.image_size, self.image_size):
-            raise StudioError(f"The {name} must be {self.image_size}x{self.image_size} RGB frames, got shape {tuple(clip.shape)}.")
-        return clip
 
     @torch.inference_mode()
     def generate(self, image: Tensor, action: str | int, length: int = 16) -> Tensor:
