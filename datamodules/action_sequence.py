@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -72,7 +74,9 @@ class ActionSequenceDataModule(ClipDataModule):
             leave it ambiguous for poses that recur in both directions (Sprites' slash). One
             step past the cycle (9 frames) pins only the position after a cycle, not the
             momentum, and the second pass of a 16-frame generation can drift.
-        **kwargs: see ``ClipDataModule`` (source, batch sizes, workers, assets, cache, seed).
+        batch_size: global batch size (default 24 here); it must divide by the number of DDP processes.
+        **kwargs: see ``ClipDataModule`` (eval batch size, workers, assets, cache, seed, pin memory,
+            predict split); LightningCLI lists them as this class's options.
     """
 
     def __init__(
@@ -81,18 +85,12 @@ class ActionSequenceDataModule(ClipDataModule):
         num_frames: int = 8,
         random_window: bool = True,
         batch_size: int = 24,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        assets_root: str | None = None,
-        cache_dir: str | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
         drop_short_clips: bool = False,
         looped: bool = False,
         train_num_frames: int | None = None,
-        predict_split: str = "test",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory, predict_split)
+        super().__init__(source, batch_size=batch_size, **kwargs)
         for option, value in (("num_frames", num_frames), ("train_num_frames", train_num_frames)):
             if value is not None and value < 2:
                 raise ValueError(f"{option} must be >= 2, got {value}.")

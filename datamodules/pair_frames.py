@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from datamodules.action_sequence import SequenceWindows
@@ -64,27 +66,21 @@ class PairFramesDataModule(ClipDataModule):
 
     Args:
         max_frame_gap: if set, only pairs with ``|i - j| <= max_frame_gap`` ("nearby frames").
-        predict_split: the split ``cli.py predict`` reads; ``predict`` gets whole clips
+        predict_num_frames: ``cli.py predict`` (split ``predict_split``) gets whole clips
             (``frames``), not pairs: the first ``predict_num_frames`` frames of each clip (looped
             when a clip is shorter; default: the split's shortest clip, at most 16 frames).
-        **kwargs: see ``ClipDataModule`` (source, batch sizes, workers, assets, cache, seed).
+        **kwargs: see ``ClipDataModule`` (batch sizes, workers, assets, cache, seed, pin memory,
+            predict split); LightningCLI lists them as this class's options.
     """
 
     def __init__(
         self,
         source: ClipSource,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        assets_root: str | None = None,
-        cache_dir: str | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
         max_frame_gap: int | None = None,
-        predict_split: str = "test",
         predict_num_frames: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(source, batch_size, eval_batch_size, num_workers, assets_root, cache_dir, seed, pin_memory, predict_split)
+        super().__init__(source, **kwargs)
         if predict_num_frames is not None and predict_num_frames < 1:
             raise ValueError(f"predict_num_frames must be >= 1 or null, got {predict_num_frames}.")
         self.predict_num_frames = predict_num_frames
