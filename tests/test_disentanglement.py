@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lightning_modules.evaluation.disentanglement import action_view_confusion, linear_probe_accuracy, posterior_spread
+from backbone.hamiltonian import HamiltonianOperators
+from lightning_modules.evaluation.disentanglement import action_view_confusion, linear_probe_accuracy, mode_power, posterior_spread
 from lightning_modules.hamiltonian_module import HamiltonianMotionModule
 
 TINY = dict(content_dim=16, frame_dim=16, image_size=64, encoder_channels=[8, 8, 8, 8], encoder_strides=[2, 2, 2, 2],
@@ -41,6 +42,34 @@ def test_posterior_spread_of_a_posterior_that_matches_the_prior():
     # collapsed and overfull directions
     shifted = posterior_spread(3 * mu + 2, log_sigma, torch.zeros(n, dtype=torch.long), 1)["action_0"]
     assert shifted["mean_norm"] == pytest.approx(4.0, abs=0.05) and shifted["aggregate_kl_per_dim"] > 1
+
+
+def test_mode_power_finds_the_excited_rotation_mode():
+    # Two rotation planes: 45 deg/step on (q1, p1), 10 deg/step on (q2, p2). States on the first plane only.
+    w1, w2 = math.radians(45), math.radians(10)
+    H = torch.zeros(1, 4, 4, dtype=torch.float64)
+    H[0, 0, 2], H[0, 2, 0], H[0, 1, 3], H[0, 3, 1] = w1, -w1, w2, -w2
+    g = torch.Generator().manual_seed(0)
+    states = torch.zeros(500, 4, dtype=torch.float64)
+    states[:, [0, 2]] = 3.0 * torch.randn(500, 2, generator=g, dtype=torch.float64)
+    modes = {round(m["deg_per_step"]): m for m in mode_power(states, torch.zeros(500, dtype=torch.long), H)["action_0"]}
+    assert set(modes) == {10, 45}
+    assert modes[45]["posterior_power"] == pytest.approx(float(states.square().sum(1).mean()), rel=1e-9)
+    assert modes[10]["posterior_power"] == pytest.approx(0.0, abs=1e-12)
+    for m in modes.values():  # orthogonal eigenvectors: N(0, I) puts one unit per real dimension of a mode
+        assert m["prior_power"] == pytest.approx(2.0, rel=1e-9)
+        assert m["decay"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mode_power_of_learned_operators_sums_to_the_state_power_for_skew_h():
+    ops = HamiltonianOperators(2, 3, "skew-H", init_std=0.5)  # orthogonal flow: V is unitary
+    states = torch.randn(200, 6, generator=torch.Generator().manual_seed(1))
+    action = torch.arange(200) % 2
+    out = mode_power(states, action, ops.generator())
+    for k in range(2):
+        total = sum(m["posterior_power"] for m in out[f"action_{k}"])
+        assert total == pytest.approx(float(states[action == k].double().square().sum(1).mean()), rel=1e-6)
+        assert sum(m["prior_power"] for m in out[f"action_{k}"]) == pytest.approx(6.0, rel=1e-6)
 
 
 def test_action_view_confusion_tells_the_action_from_the_view():

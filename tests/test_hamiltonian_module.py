@@ -132,6 +132,8 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     assert all(0 <= v <= 1 for row in diag["leakage_probe_accuracy"].values() for v in row.values())
     for stats in diag["posterior_vs_prior_all_frames"].values():
         assert len(stats["mean_eigenvalues"]) == 12 and stats["kl_per_dim"] >= 0  # 2d = 12 per subspace
+    for modes in diag["rotation_modes_first_frame"].values():  # 6 conjugate pairs (or fewer, if degenerate)
+        assert 1 <= len(modes) <= 12 and all(m["posterior_power"] >= 0 and m["prior_power"] > 0 for m in modes)
     assert "test/judge_accuracy" in run.trainer.logged_metrics and "test/ssim" in run.trainer.logged_metrics
 
 

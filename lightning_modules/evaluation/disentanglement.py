@@ -10,6 +10,9 @@ content and motion stay tied together.
   covariance spectrum of the posterior means, the average ``KL(q(s|x) || N(0, I))`` per
   dimension and the KL of a Gaussian fitted to the aggregate. Collapsed (eigenvalue ≈ 0) or
   overfull (≫ 1) directions put prior samples where the decoder never trained.
+* ``mode_power``: the start state's power in each rotation mode of ``H_k`` (its eigenvector
+  pairs, by rotation per step), posterior against N(0, I). A prior sample that excites modes
+  the posterior leaves empty, or under-excites the animation's cycle, renders the wrong motion.
 * ``action_view_confusion``: prior-motion generations judged as action x view, per generated
   action: is the action wrong, or the view?
 """
@@ -82,6 +85,40 @@ def posterior_spread(mu: Tensor, log_sigma: Tensor, action: Tensor, num_actions:
             "kl_per_dim": float(kl) / dim,
             "aggregate_kl_per_dim": _kl_gaussian_to_standard(centre, aggregate) / dim,
         }
+    return out
+
+
+def mode_power(states: Tensor, action: Tensor, generators: Tensor, decimals: int = 6) -> dict[str, list[dict]]:
+    """Mean power of start states ``(n, 2d)`` in the rotation modes of their action's ``H_k``
+    (``generators (K, 2d, 2d)``), against ``s ~ N(0, I)``, per action.
+
+    With ``H_k = V Λ V⁻¹`` the rollout is ``exp(τH_k) s = V exp(τΛ) V⁻¹ s``: the coefficient
+    ``(V⁻¹ s)_j`` rotates by ``Im λ_j`` per step. The power of a mode is ``E|(V⁻¹ s)_j|²`` summed
+    over eigenvalues with the same ``|Im λ|`` (rounded to ``decimals``: a conjugate pair, or a
+    degenerate set); for N(0, I) it is exactly ``Σ_j ||row_j(V⁻¹)||²``. Returns ``{action_k:
+    [{deg_per_step, decay (max |Re λ|), posterior_power, prior_power}, ...]}`` by rotation speed.
+    """
+    out: dict[str, list[dict]] = {}
+    for k in range(generators.shape[0]):
+        sel = action == k
+        if not bool(sel.any()):
+            continue
+        eigenvalues, vectors = torch.linalg.eig(generators[k].detach().double().cpu())
+        inverse = torch.linalg.inv(vectors)
+        coeff = states[sel].detach().double().cpu().to(torch.complex128) @ inverse.T  # (n, 2d)
+        posterior = coeff.abs().square().mean(0)
+        prior = inverse.abs().square().sum(1)
+        speed = eigenvalues.imag.abs().round(decimals=decimals)
+        modes = []
+        for w in torch.unique(speed).tolist():
+            group = speed == w
+            modes.append({
+                "deg_per_step": float(torch.rad2deg(torch.tensor(w))),
+                "decay": float(eigenvalues.real[group].abs().max()),
+                "posterior_power": float(posterior[group].sum()),
+                "prior_power": float(prior[group].sum()),
+            })
+        out[f"action_{k}"] = modes
     return out
 
 

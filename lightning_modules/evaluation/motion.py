@@ -39,7 +39,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from backbone.hamiltonian import embed_subspace
 from datamodules.dsvae_sprites import ACTIONS as SPRITES_ACTIONS
 from datamodules.dsvae_sprites import DSVAESprites
-from lightning_modules.evaluation.disentanglement import linear_probe_accuracy, posterior_spread
+from lightning_modules.evaluation.disentanglement import linear_probe_accuracy, mode_power, posterior_spread
 from lightning_modules.evaluation.motion_report import GEN_METRICS, MotionReport
 from lightning_modules.evaluation.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 from utils.io import atomic_output
@@ -374,6 +374,7 @@ class MotionEvaluation(MotionReport):
             "leakage_probe_accuracy": probes,
             "posterior_vs_prior_all_frames": spread,
             "posterior_vs_prior_first_frame": first,
+            "rotation_modes_first_frame": mode_power(train["s_mu"], train["action"], self.model.operators.generator()),
         }
 
     def _attribute_names(self, count: int) -> list[str]:

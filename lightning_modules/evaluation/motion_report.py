@@ -170,4 +170,14 @@ class MotionReport:
                     }
             cols = ["|mean|", "eig min", "eig median", "eig max", "KL/dim", "aggregate KL/dim"]
             tables.append(format_table("Posterior of s on training clips vs the N(0, I) prior (eigenvalues of the covariance of the posterior means; prior: 1)", rows, cols))
+            rows = {}
+            for key, modes in diag.get("rotation_modes_first_frame", {}).items():
+                for mode in modes:
+                    rows[f"{labels.get(key, key)}, {mode['deg_per_step']:.1f} deg/step"] = {
+                        "posterior power": f"{mode['posterior_power']:.3f}", "N(0, I) power": f"{mode['prior_power']:.3f}",
+                        "decay": f"{mode['decay']:.3f}",
+                    }
+            if rows:
+                cols = ["posterior power", "N(0, I) power", "decay"]
+                tables.append(format_table("First-frame state's power in each rotation mode of H_k (training posterior means vs N(0, I))", rows, cols))
         return tables
