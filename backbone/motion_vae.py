@@ -292,10 +292,12 @@ class MotionVAE(nn.Module):
         return self.prior_motion(z, action, length, generator)
 
     @torch.no_grad()
-    def prior_motion(self, z: Tensor, action: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
-        """Content ``z (b, |Z|)`` with prior motion: ``s_1 ~ N(0, I_2d)`` unrolled ``length`` steps by
-        ``H_k`` of ``action (b,)`` (eq. 2–6). Returns ``(b, length, c, H, W)`` in [0, 1]."""
-        s1 = torch.randn(z.shape[0], 2 * self.dim, generator=generator, device=z.device, dtype=z.dtype)
+    def prior_motion(
+        self, z: Tensor, action: Tensor, length: int, generator: torch.Generator | None = None, start: Tensor | None = None
+    ) -> Tensor:
+        """Content ``z (b, |Z|)`` with prior motion: ``s_1 ~ N(0, I_2d)`` (or the given ``start (b, 2d)``)
+        unrolled ``length`` steps by ``H_k`` of ``action (b,)`` (eq. 2–6). Returns ``(b, length, c, H, W)`` in [0, 1]."""
+        s1 = torch.randn(z.shape[0], 2 * self.dim, generator=generator, device=z.device, dtype=z.dtype) if start is None else start
         states = self.rollout(s1, action, torch.arange(length, device=z.device))
         return self.decode_states(z, states, action).clamp_(0, 1)
 

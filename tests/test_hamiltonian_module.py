@@ -95,7 +95,7 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     run = cli.main([
         "test", *base, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "0.003", "--data.init_args.eval_batch_size", "6",
         "--model.init_args.judge_checkpoint", str(judge_checkpoint), "--model.init_args.eval_seeds", "[0, 1]",
-        "--model.init_args.probe_clips", "12",
+        "--model.init_args.probe_clips", "48",
     ])  # fmt: skip
     results = json.loads((Path(run.trainer.log_dir) / "test_results.json").read_text())
     assert (Path(run.trainer.log_dir) / "test_generations.png").is_file()
@@ -127,11 +127,13 @@ def test_fit_then_test_from_checkpoint_with_judge(tmp_path, cache_dir, judge_che
     assert set(judge["ceilings"]["attributes_own_reconstruction"]) == {"skin", "pants", "top", "hair"}
     assert 0 <= judge["ceilings"]["own_reconstruction"]["accuracy"] <= 1
     diag = results["disentanglement"]
-    assert diag["probe_train_clips"] == 12 and diag["probe_test_clips"] == 6
+    assert diag["probe_train_clips"] == 48 and diag["probe_test_clips"] == 6
     assert set(diag["leakage_probe_accuracy"]["motion s"]) == {"skin", "pants", "top", "hair", "view"}
     assert all(0 <= v <= 1 for row in diag["leakage_probe_accuracy"].values() for v in row.values())
     for stats in diag["posterior_vs_prior_all_frames"].values():
         assert len(stats["mean_eigenvalues"]) == 12 and stats["kl_per_dim"] >= 0  # 2d = 12 per subspace
+    fitted = judge["extra_generated_fitted_prior_motion"]  # labelled extra row, beside the paper's N(0, I)
+    assert 0 <= fitted["accuracy"]["mean"] <= 1 and len(fitted["accuracy"]["per_seed"]) == len(judge["eval_seeds"])
     for modes in diag["rotation_modes_first_frame"].values():  # 6 conjugate pairs (or fewer, if degenerate)
         assert 1 <= len(modes) <= 12 and all(m["posterior_power"] >= 0 and m["prior_power"] > 0 for m in modes)
     assert "test/judge_accuracy" in run.trainer.logged_metrics and "test/ssim" in run.trainer.logged_metrics

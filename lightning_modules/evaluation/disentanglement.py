@@ -13,6 +13,8 @@ content and motion stay tied together.
 * ``mode_power``: the start state's power in each rotation mode of ``H_k`` (its eigenvector
   pairs, by rotation per step), posterior against N(0, I). A prior sample that excites modes
   the posterior leaves empty, or under-excites the animation's cycle, renders the wrong motion.
+* ``aggregate_gaussian`` / ``sample_gaussian``: the Gaussian fitted to the training posterior of
+  ``s`` per action, for Table 2's labelled extra row (not the paper's N(0, I) prior).
 * ``action_view_confusion``: prior-motion generations judged as action x view, per generated
   action: is the action wrong, or the view?
 """
@@ -58,6 +60,21 @@ def _kl_gaussian_to_standard(mean: Tensor, cov: Tensor) -> float:
     return float(0.5 * (eig.sum() + mean.square().sum() - n - eig.log().sum()))
 
 
+def aggregate_gaussian(mu: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """The moment-matched Gaussian of a posterior mixture ``N(mu_i, diag(σ_i²))`` (``(n, D)`` each):
+    mean and covariance (covariance of the means plus the mean posterior variance), float64."""
+    m, ls = mu.double(), log_sigma.double()
+    return m.mean(0), torch.cov(m.T) + torch.diag((2 * ls).exp().mean(0))
+
+
+def sample_gaussian(mean: Tensor, cov: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
+    """``num`` draws from ``N(mean, cov)`` (``(num, D)``, float64; a jitter keeps ``cov`` factorable)."""
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    chol = torch.linalg.cholesky(cov + 1e-6 * eye)
+    eps = torch.randn(num, cov.shape[0], generator=generator, dtype=cov.dtype, device=cov.device)
+    return mean + eps @ chol.T
+
+
 def posterior_spread(mu: Tensor, log_sigma: Tensor, action: Tensor, num_actions: int) -> dict[str, dict]:
     """Aggregate posterior of the active-subspace state ``s`` (``mu, log_sigma (n, 2d)``) per action.
 
@@ -73,9 +90,8 @@ def posterior_spread(mu: Tensor, log_sigma: Tensor, action: Tensor, num_actions:
             continue
         m, ls = mu[sel].double(), log_sigma[sel].double()
         dim = m.shape[1]
-        centre = m.mean(0)
         cov_means = torch.cov(m.T)
-        aggregate = cov_means + torch.diag((2 * ls).exp().mean(0))
+        centre, aggregate = aggregate_gaussian(m, ls)
         kl = (0.5 * (m.square() + (2 * ls).exp()) - ls - 0.5).sum(1).mean()
         out[f"action_{k}"] = {
             "clips": int(sel.sum()),

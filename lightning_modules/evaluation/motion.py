@@ -39,7 +39,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from backbone.hamiltonian import embed_subspace
 from datamodules.dsvae_sprites import ACTIONS as SPRITES_ACTIONS
 from datamodules.dsvae_sprites import DSVAESprites
-from lightning_modules.evaluation.disentanglement import linear_probe_accuracy, mode_power, posterior_spread
+from lightning_modules.evaluation.disentanglement import aggregate_gaussian, linear_probe_accuracy, mode_power, posterior_spread, sample_gaussian
 from lightning_modules.evaluation.motion_report import GEN_METRICS, MotionReport
 from lightning_modules.evaluation.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 from utils.io import atomic_output
@@ -141,6 +141,7 @@ class MotionEvaluation(MotionReport):
         self._latents: dict[str, list[Tensor]] = {}
         self._judge = []
         self.judge_metrics = None
+        self._fitted_prior, self._train_latents = {}, None
         path = self.judge_checkpoint
         if not path:
             rank_zero_info("No judge_checkpoint given: skipping the judge scores (Table 2). Pass --model.init_args.judge_checkpoint PATH.")
@@ -168,7 +169,27 @@ class MotionEvaluation(MotionReport):
         for key in ("own_reconstruction", "real_motion_same_view", "real_motion_any_view"):
             metrics[key] = ClassifierScores(expect)
         metrics["attr_own_reconstruction"] = MultiHeadAccuracy(n_attr)
+        self._fitted_prior = self._fit_state_prior()
+        if self._fitted_prior:
+            for seed in self.eval_seeds:
+                metrics[f"fitted_prior_{seed}"] = ClassifierScores(expect)
         self.judge_metrics = nn.ModuleDict(metrics).to(self.device)
+
+    def _fit_state_prior(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """Per action, the Gaussian fitted to the first-frame posterior of ``s`` on ``probe_clips``
+        training clips (``aggregate_gaussian``): Table 2's labelled extra row, not the paper's prior.
+        Empty without training clips to fit on (``probe_clips`` 0 or no labelled source)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.probe_clips <= 0 or dm is None or not hasattr(dm, "source"):
+            return {}
+        self._train_latents = self._training_latents(self.probe_clips)
+        train, fitted = self._train_latents, {}
+        for k in range(self.hparams.num_actions):
+            sel = train["action"] == k
+            if int(sel.sum()) > 2 * self.model.dim:  # enough clips for a full covariance
+                mean, cov = aggregate_gaussian(train["s_mu"][sel], train["s_log_sigma"][sel])
+                fitted[k] = (mean.to(self.device), cov.to(self.device))
+        return fitted
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         if batch_idx == 0:
@@ -218,6 +239,11 @@ class MotionEvaluation(MotionReport):
                 metrics["prior_confusion"].update(probs["label"].argmax(1), self._views * k + view)
                 if attrs is not None:
                     metrics[f"attr_prior_{seed}"].update(probs["attributes"], attrs)
+                if k in self._fitted_prior:  # extra row: s_1 from the Gaussian fitted to the training posterior
+                    fit_gen = self._batch_generator(seed + 1_000_000, batch_idx * self.hparams.num_actions + k)  # own stream: the N(0, I) row's draws stay as they were
+                    start = sample_gaussian(*self._fitted_prior[k], b, fit_gen).to(z.dtype)
+                    fitted = judge.probabilities(self.model.prior_motion(z, ak, T, start=start))
+                    metrics[f"fitted_prior_{seed}"].update(fitted["label"], self._views * k + view)
             if attrs is not None and b > 1:
                 perm = torch.randperm(b, generator=gen, device=self.device)
                 ab, _ = self.model.swap_motion(frames, frames[perm], action, action[perm])
@@ -352,7 +378,8 @@ class MotionEvaluation(MotionReport):
         """Leakage probes (attributes and view read linearly from ``s`` and from ``z``, fitted on
         training clips, scored on test clips) and the aggregate posterior of ``s`` against N(0, I)."""
         test = self._gathered_latents()
-        train = self._training_latents(self.probe_clips)
+        train = getattr(self, "_train_latents", None) or self._training_latents(self.probe_clips)
+        self._train_latents = None
         K = self.hparams.num_actions
         names = [*self._attribute_names(test["targets"].shape[1] - 1), "view"]
         probes: dict[str, dict[str, float]] = {"motion s": {}, "content z": {}, "chance": {}}

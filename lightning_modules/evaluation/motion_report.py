@@ -41,6 +41,13 @@ class MotionReport:
             vals = torch.tensor([p[m] for p in per_seed], dtype=torch.float64)
             summary[m] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)), "per_seed": vals.tolist()}
             self.log(f"test/judge_{m}", summary[m]["mean"])
+        fitted = None
+        if f"fitted_prior_{seeds[0]}" in metrics and metrics[f"fitted_prior_{seeds[0]}"].update_count:
+            per = [{k: float(v) for k, v in metrics[f"fitted_prior_{s}"].compute().items()} for s in seeds]
+            fitted = {}
+            for m in JUDGE_METRICS:
+                vals = torch.tensor([p[m] for p in per], dtype=torch.float64)
+                fitted[m] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)), "per_seed": vals.tolist()}
         attr: dict[str, dict] = {}
         for kind in ("swap", "prior"):
             if not metrics[f"attr_{kind}_{seeds[0]}"].update_count:
@@ -58,6 +65,7 @@ class MotionReport:
             "checkpoint": str(self.judge_checkpoint),
             "eval_seeds": seeds,
             "generated_prior_motion": summary,
+            **({"extra_generated_fitted_prior_motion": fitted} if fitted else {}),
             "attribute_accuracy_motion_changed": attr,
             "judge_on_real_test_clips": {**real, "attributes": dict(zip(names, real_attr))},
             "prior_motion_action_view": confusion,
@@ -66,6 +74,10 @@ class MotionReport:
         for module in metrics.values():
             module.reset()
         judge_rows = {"ours (prior motion, real content)": {m: _pm(summary[m]["mean"], summary[m]["std"]) for m in JUDGE_METRICS}}
+        if fitted:
+            judge_rows["extra, not the paper's prior: s_1 from a Gaussian fitted to the training posterior"] = {
+                m: _pm(fitted[m]["mean"], fitted[m]["std"]) for m in JUDGE_METRICS
+            }
         ceiling_labels = {
             "real_motion_any_view": "diagnostic: real motion of a clip of the same action",
             "real_motion_same_view": "diagnostic: ... of the same action and view",
