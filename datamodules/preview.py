@@ -30,15 +30,10 @@ from utils.errors import user_error_message
 from utils.io import atomic_output
 
 
-def preview_grid(source: ClipSource, split: str = "test", clips: int = 8, frames: int = 8,
-                 assets_root: str | None = None, cache_dir: str | None = None) -> torch.Tensor:
-    """(3, H, W) grid image: ``clips`` rows of up to ``frames`` frames of one split."""
-    return preview_rows(source, split, clips, frames, assets_root, cache_dir)[0]
-
-
 def preview_rows(source: ClipSource, split: str = "test", clips: int = 8, frames: int = 8,
                  assets_root: str | None = None, cache_dir: str | None = None) -> tuple[torch.Tensor, int]:
-    """``(grid, number of rows)``: the split may hold fewer than ``clips`` clips."""
+    """``(grid (3, H, W), number of rows)``: ``clips`` rows of up to ``frames`` frames of one split
+    (the split may hold fewer than ``clips`` clips)."""
     for name, value in (("clips", clips), ("frames", frames)):
         check_int(value, f"--{name}")
     source.prepare(assets_root, cache_dir)

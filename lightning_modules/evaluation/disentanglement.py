@@ -13,7 +13,7 @@ content and motion stay tied together.
 * ``mode_power``: the start state's power in each rotation mode of ``H_k`` (its eigenvector
   pairs, by rotation per step), posterior against N(0, I). A prior sample that excites modes
   the posterior leaves empty, or under-excites the animation's cycle, renders the wrong motion.
-* ``aggregate_gaussian`` / ``sample_gaussian``: the Gaussian fitted to the training posterior of
+* ``aggregate_gaussian`` / ``cholesky_factor`` / ``sample_gaussian``: the Gaussian fitted to the training posterior of
   ``s`` per action, for Table 2's labelled extra row (not the paper's N(0, I) prior).
 * ``action_view_confusion``: prior-motion generations judged as action x view, per generated
   action: is the action wrong, or the view?
@@ -67,11 +67,14 @@ def aggregate_gaussian(mu: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor]:
     return m.mean(0), torch.cov(m.T) + torch.diag((2 * ls).exp().mean(0))
 
 
-def sample_gaussian(mean: Tensor, cov: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
-    """``num`` draws from ``N(mean, cov)`` (``(num, D)``, float64; a jitter keeps ``cov`` factorable)."""
-    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-    chol = torch.linalg.cholesky(cov + 1e-6 * eye)
-    eps = torch.randn(num, cov.shape[0], generator=generator, dtype=cov.dtype, device=cov.device)
+def cholesky_factor(cov: Tensor) -> Tensor:
+    """Lower Cholesky factor of ``cov`` (a jitter of 1e-6 keeps a flat covariance factorable)."""
+    return torch.linalg.cholesky(cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))
+
+
+def sample_gaussian(mean: Tensor, chol: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
+    """``num`` draws from ``N(mean, chol cholᵀ)``: ``(num, D)`` (``cholesky_factor`` gives ``chol``)."""
+    eps = torch.randn(num, chol.shape[0], generator=generator, dtype=chol.dtype, device=chol.device)
     return mean + eps @ chol.T
 
 

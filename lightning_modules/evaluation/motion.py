@@ -39,7 +39,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from backbone.hamiltonian import embed_subspace
 from datamodules.dsvae_sprites import ACTIONS as SPRITES_ACTIONS
 from datamodules.dsvae_sprites import DSVAESprites
-from lightning_modules.evaluation.disentanglement import aggregate_gaussian, linear_probe_accuracy, mode_power, posterior_spread, sample_gaussian
+from lightning_modules.evaluation.disentanglement import aggregate_gaussian, cholesky_factor, linear_probe_accuracy, mode_power, posterior_spread, sample_gaussian
 from lightning_modules.evaluation.motion_report import GEN_METRICS, MotionReport
 from lightning_modules.evaluation.sequence_metrics import ClassifierScores, MeanStd, MultiHeadAccuracy, ssim_per_image
 from utils.io import atomic_output
@@ -176,8 +176,9 @@ class MotionEvaluation(MotionReport):
         self.judge_metrics = nn.ModuleDict(metrics).to(self.device)
 
     def _fit_state_prior(self) -> dict[int, tuple[Tensor, Tensor]]:
-        """Per action, the Gaussian fitted to the first-frame posterior of ``s`` on ``probe_clips``
-        training clips (``aggregate_gaussian``): Table 2's labelled extra row, not the paper's prior.
+        """Per action, ``(mean, Cholesky factor)`` of the Gaussian fitted to the first-frame posterior
+        of ``s`` on ``probe_clips`` training clips (``aggregate_gaussian``): Table 2's labelled extra
+        row, not the paper's prior.
         Empty without training clips to fit on (``probe_clips`` 0 or no labelled source)."""
         dm = getattr(self.trainer, "datamodule", None)
         if self.probe_clips <= 0 or dm is None or not hasattr(dm, "source"):
@@ -188,7 +189,7 @@ class MotionEvaluation(MotionReport):
             sel = train["action"] == k
             if int(sel.sum()) > 2 * self.model.dim:  # enough clips for a full covariance
                 mean, cov = aggregate_gaussian(train["s_mu"][sel], train["s_log_sigma"][sel])
-                fitted[k] = (mean.to(self.device), cov.to(self.device))
+                fitted[k] = (mean.to(self.device), cholesky_factor(cov).to(self.device))  # factored once, sampled per batch
         return fitted
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

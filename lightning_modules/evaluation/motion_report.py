@@ -31,23 +31,23 @@ def _pm(mean: float, std: float | None) -> str:
 class MotionReport:
     """Mixin of ``MotionEvaluation``: the judge results and the report tables."""
 
+    def _over_seeds(self, prefix: str) -> dict[str, dict]:
+        """``{metric: {mean, std, per_seed}}`` of the judge scores ``<prefix>_<seed>`` over ``eval_seeds``."""
+        per_seed = [{k: float(v) for k, v in self.judge_metrics[f"{prefix}_{s}"].compute().items()} for s in self.eval_seeds]
+        out = {}
+        for m in JUDGE_METRICS:
+            vals = torch.tensor([p[m] for p in per_seed], dtype=torch.float64)
+            out[m] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)), "per_seed": vals.tolist()}
+        return out
+
     def _judge_results(self, results: dict) -> tuple[dict, dict]:
         metrics, judge = self.judge_metrics, self._judge[0]
         seeds = list(self.eval_seeds)
         names = list(judge.hparams.attribute_names)
-        per_seed = [{k: float(v) for k, v in metrics[f"prior_{s}"].compute().items()} for s in seeds]
-        summary = {}
+        summary = self._over_seeds("prior")
         for m in JUDGE_METRICS:
-            vals = torch.tensor([p[m] for p in per_seed], dtype=torch.float64)
-            summary[m] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)), "per_seed": vals.tolist()}
             self.log(f"test/judge_{m}", summary[m]["mean"])
-        fitted = None
-        if f"fitted_prior_{seeds[0]}" in metrics and metrics[f"fitted_prior_{seeds[0]}"].update_count:
-            per = [{k: float(v) for k, v in metrics[f"fitted_prior_{s}"].compute().items()} for s in seeds]
-            fitted = {}
-            for m in JUDGE_METRICS:
-                vals = torch.tensor([p[m] for p in per], dtype=torch.float64)
-                fitted[m] = {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)), "per_seed": vals.tolist()}
+        fitted = self._over_seeds("fitted_prior") if f"fitted_prior_{seeds[0]}" in metrics and metrics[f"fitted_prior_{seeds[0]}"].update_count else None
         attr: dict[str, dict] = {}
         for kind in ("swap", "prior"):
             if not metrics[f"attr_{kind}_{seeds[0]}"].update_count:
