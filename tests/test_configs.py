@@ -41,21 +41,18 @@ def test_a_variant_is_its_base_plus_its_differences(config, capsys):
     # the CLI sees the same options as load_config: every option the variant states, and the base's others
     printed = parsed(config, capsys=capsys)
     for section in ("trainer", "model", "data"):
-        want = merged.get(section, {})
-        got = printed[section]
-        if "init_args" in want:
-            assert got["class_path"] == want["class_path"]
-            for key, value in want["init_args"].items():
-                if isinstance(value, dict) and "class_path" in value:
-                    assert got["init_args"][key]["class_path"] == value["class_path"], (config, key)
-                    for k, v in value.get("init_args", {}).items():
-                        assert got["init_args"][key]["init_args"][k] == v, (config, key, k)
-                else:
-                    assert got["init_args"][key] == value, (config, section, key)
-        elif section == "trainer":
-            for key, value in want.items():
-                if key != "callbacks":
-                    assert got[key] == value, (config, key)
+        want = {k: v for k, v in merged.get(section, {}).items() if k != "callbacks"}
+        assert_states(printed[section], want, (config, section))
+
+
+def assert_states(got, want, where: tuple) -> None:
+    """``got`` (the CLI's full config, every default filled in) states every option of ``want``."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        for key, value in want.items():
+            assert key in got, (*where, key)
+            assert_states(got[key], value, (*where, key))
+    else:
+        assert got == want, where
 
 
 @pytest.mark.parametrize("tiny,config", [(TINY_EQUIVARIANT, "mnist_equivariant_cpu.yaml"), (TINY_HAMILTONIAN, "sprites_hamiltonian_cpu.yaml")])
