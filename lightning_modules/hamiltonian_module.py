@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from backbone.motion_vae import MotionVAE
 from lightning_modules import prediction
 from lightning_modules.base import SceneMotionModule
+from lightning_modules.judge_module import load_judge
 from lightning_modules.evaluation.motion import MotionEvaluation, generation_metrics
 from lightning_modules.evaluation.motion_report import EVAL_OPTIONS, GEN_METRICS
 from utils.torch_utils import eval_mode
@@ -63,6 +63,12 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
             frame vs 0.888 with the clip's content). Any ``q`` keeps eq. 17 a valid bound;
             0 (default) is the paper's whole-clip posterior. Off in every config: in the CPU
             budget 0.5 gave no gain (val SSIM 0.825 vs 0.830 at step 2250 of 4500).
+        aggregate_kl_weight: weight of a KL, not in the paper, of each action's aggregate of the
+            batch's reference-frame state posteriors to the N(0, I) prior (``MotionVAE.elbo``'s
+            ``aggregate_kl``; 0 = the paper's eq. 17).
+        motion_exchange_weight: weight of an NLL, not in the paper, of each clip rendered with the
+            state of another clip of the same action (``MotionVAE.elbo``'s ``motion_exchange``; needs
+            phase-aligned clips, ``random_window: false``; 0 = off).
         channels_last: channels-last memory format for the convolutions (faster on CPU).
         generation_length: frames generated from the first frame at val/test (paper 16).
         content_still_frames: at image -> sequence generation the content posterior reads the
@@ -105,6 +111,8 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         operator_lr: float | None = None,
         lr_schedule: str = "constant",
         content_subclip_prob: float = 0.0,
+        aggregate_kl_weight: float = 0.0,
+        motion_exchange_weight: float = 0.0,
         channels_last: bool = False,
         generation_length: int = 16,
         content_still_frames: int = 8,
@@ -231,7 +239,8 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
     ) -> dict[str, Tensor]:
         """Per-clip terms of eq. 17 (``nll``, ``kl_z``, ``kl_q``, ``kl_p``, ``loss``; ``(b,)``) and ``recon``
         (``MotionVAE.elbo`` with this module's likelihood std ``alpha``)."""
-        return self.model.elbo(frames, action, reference, self.hparams.alpha, content_index)
+        hp = self.hparams
+        return self.model.elbo(frames, action, reference, hp.alpha, content_index, hp.aggregate_kl_weight, hp.motion_exchange_weight)
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         frames, action = batch["frames"], batch["action"]
@@ -240,7 +249,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         content_index = self._content_subclip(b, T, frames.device) if stage == "train" else None
         terms = self.elbo_terms(frames, action, reference, content_index)
         loss = terms["loss"].mean()
-        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p")}
+        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p", "agg_kl", "exchange") if k in terms}
         logs[f"{stage}/mse"] = F.mse_loss(terms["recon"], frames.float())
         train = stage == "train"
         if train:
@@ -321,26 +330,4 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
 
     def _load_judge(self, path: str) -> nn.Module:
         return load_judge(path, self.device)
-
-
-def load_judge(path: str, device: torch.device | str = "cpu") -> nn.Module:
-    """Load a frozen ``SequenceJudgeModule`` (eval mode, no grad) from a checkpoint, with clear errors."""
-    from lightning_modules.judge_module import SequenceJudgeModule
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"judge_checkpoint {str(p)!r} does not exist. Train the judge first "
-            f"(python cli.py fit --config configs/sprites_judge_cpu.yaml) and pass its checkpoint "
-            f"(lightning_logs/version_*/checkpoints/*.ckpt)."
-        )
-    from utils.checkpoints import load_module_checkpoint
-
-    judge = load_module_checkpoint(
-        SequenceJudgeModule, p, device, needs="judge_checkpoint must be a SequenceJudgeModule (judge) checkpoint",
-        advice="Pass the judge's checkpoint (python cli.py fit --config configs/sprites_judge_cpu.yaml writes it).",
-    )
-    judge.eval()
-    judge.requires_grad_(False)
-    return judge
 

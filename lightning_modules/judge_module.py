@@ -7,6 +7,8 @@ Trained on real training clips (``ActionSequenceDataModule``), then frozen and l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +18,7 @@ from backbone.judge import SequenceJudge
 from lightning_modules import prediction
 from lightning_modules.base import SceneMotionModule
 from lightning_modules.evaluation.sequence_metrics import MultiHeadAccuracy
+from utils.checkpoints import load_module_checkpoint
 
 STAGES = ("train", "val", "test")
 
@@ -149,3 +152,22 @@ class SequenceJudgeModule(SceneMotionModule):
 
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def load_judge(path: str, device: torch.device | str = "cpu") -> SequenceJudgeModule:
+    """Load a frozen ``SequenceJudgeModule`` (eval mode, no grad) from a checkpoint, with clear errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"judge_checkpoint {str(p)!r} does not exist. Train the judge first "
+            f"(python cli.py fit --config configs/sprites_judge_cpu.yaml) and pass its checkpoint "
+            f"(lightning_logs/version_*/checkpoints/*.ckpt)."
+        )
+    judge = load_module_checkpoint(
+        SequenceJudgeModule, p, device, needs="judge_checkpoint must be a SequenceJudgeModule (judge) checkpoint",
+        advice="Pass the judge's checkpoint (python cli.py fit --config configs/sprites_judge_cpu.yaml writes it).",
+    )
+    judge.eval()
+    judge.requires_grad_(False)
+    return judge
+

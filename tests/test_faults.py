@@ -366,7 +366,7 @@ EXPECTED = {
 
 
 def _load_paths(cache_dir, tmp_path):
-    from lightning_modules.hamiltonian_module import load_judge
+    from lightning_modules.judge_module import load_judge
     from lightning_modules.tz_analysis import load_scene
 
     def cli_test(path):
