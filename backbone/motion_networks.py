@@ -44,30 +44,6 @@ class DiagonalGaussian:
         return torch.distributions.Normal(self.mu, self.sigma)
 
 
-def aggregate_kl_standard_normal(mu: Tensor, log_sigma: Tensor, groups: Tensor, num_groups: int) -> Tensor:
-    """``KL(N(m_g, C_g) || N(0, I))`` of each group's moment-matched posterior mixture, averaged over
-    the rows (a group counts by its share of rows; groups with fewer than 2 rows are skipped).
-
-    ``mu, log_sigma (n, D)`` are the rows' diagonal Gaussians and ``groups (n,)`` their group: the
-    mixture ``(1/n_g) Σ N(μ_i, diag σ_i²)`` has mean ``m_g`` and covariance ``C_g = cov(μ) + mean(σ²)``
-    (population covariance), so ``C_g`` is full rank whenever the ``σ_i`` are non-zero. Unlike the
-    per-row KL of eq. 17, this is zero only when the *aggregate* posterior of a group matches the
-    prior, which is what prior samples need (the aggregate-posterior statistics of ``test``).
-    """
-    total = mu.new_zeros(())
-    for g in range(num_groups):
-        rows = groups == g
-        n = int(rows.sum())
-        if n < 2:
-            continue
-        m, var = mu[rows], (2 * log_sigma[rows]).exp()
-        mean = m.mean(0)
-        cov = torch.cov(m.T, correction=0) + torch.diag(var.mean(0))
-        kl = 0.5 * (torch.diagonal(cov).sum() + mean.square().sum() - mean.numel() - torch.logdet(cov))
-        total = total + kl * n / mu.shape[0]
-    return total
-
-
 @dataclass
 class Posterior:
     """``q(z | x_{1:T})`` ``(b, |Z|)``; ``q(q_t^k | ·)`` and ``q(p_t^k | ·)`` for every frame ``(b, t, d)``."""

@@ -35,19 +35,8 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from backbone.hamiltonian import HamiltonianOperators, OperatorKind, embed_subspace
-from backbone.motion_networks import OUTPUT_ACTIVATIONS, aggregate_kl_standard_normal, ContentPosterior, DiagonalGaussian, FrameDecoder, FrameEncoder, GaussianHeads, MotionPosterior, Posterior  # noqa: F401 (public here)
+from backbone.motion_networks import OUTPUT_ACTIVATIONS, ContentPosterior, DiagonalGaussian, FrameDecoder, FrameEncoder, GaussianHeads, MotionPosterior, Posterior  # noqa: F401 (public here)
 from utils.checks import check_int
-
-
-def same_group_partner(groups: Tensor) -> Tensor:
-    """For each row another random row of the same group (a random cycle within each group; a row
-    alone in its group is its own partner): ``(n,)`` indices."""
-    partner = torch.arange(groups.shape[0], device=groups.device)
-    for g in groups.unique():
-        rows = (groups == g).nonzero().squeeze(1)
-        cycle = rows[torch.randperm(rows.numel(), device=groups.device)]
-        partner[cycle] = cycle.roll(1)
-    return partner
 
 
 # --------------------------------------------------------------------------- the model
@@ -199,8 +188,7 @@ class MotionVAE(nn.Module):
         return {"recon": recon, "posterior": post, "states": states, "z": z, "q_ref": q_ref, "p_ref": p_ref}
 
     def elbo(self, frames: Tensor, action: Tensor, reference: Tensor, alpha: float = 1.0,
-             content_index: Tensor | None = None, aggregate_kl: float = 0.0,
-             motion_exchange: float = 0.0) -> dict[str, Tensor]:
+             content_index: Tensor | None = None) -> dict[str, Tensor]:
         """The terms of ``-ELBO`` (eq. 17) per clip, ``(b,)`` each: ``nll``, ``kl_z``, ``kl_q``, ``kl_p``,
         their sum ``loss``, and the sampled reconstruction ``recon (b, T, c, H, W)``.
 
@@ -208,40 +196,17 @@ class MotionVAE(nn.Module):
         images (Tanh decoder) live in [-1, 1], ours in [0, 1], so ``x - x̂`` is doubled before dividing
         by ``α`` (the likelihood std, §3.1). KLs are analytic and only the active action's ``d``-dim
         position / momentum blocks at the reference frame enter (eq. 17, 25).
-
-        Not in the paper (both 0 by default, each a documented option of the module):
-        ``aggregate_kl`` weights ``agg_kl``, the KL of each action's moment-matched aggregate of the
-        batch's reference-frame state posteriors to N(0, I) (``aggregate_kl_standard_normal``);
-        ``motion_exchange`` weights ``exchange``, the NLL of clip ``i`` rendered from its own content
-        and the unrolled state of another clip of the same action in the batch (needs clips whose
-        frames are in phase, e.g. windows that all start at frame 0).
         """
         out = self(frames, action, reference, sample=True, content_index=content_index)
         recon = out["recon"].float()
+        residual = 2.0 * (recon - frames.float())  # paper units: images in [-1, 1]
         terms = {
-            "nll": self._nll(recon, frames, alpha),
+            "nll": residual.square().flatten(1).sum(1) / (2.0 * alpha**2),
             "kl_z": out["posterior"].z.kl_standard_normal(),
             "kl_q": out["q_ref"].kl_standard_normal(),
             "kl_p": out["p_ref"].kl_standard_normal(),
         }
-        loss = terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"]
-        if aggregate_kl > 0:
-            mu = torch.cat([out["q_ref"].mu, out["p_ref"].mu], -1)
-            log_sigma = torch.cat([out["q_ref"].log_sigma, out["p_ref"].log_sigma], -1)
-            terms["agg_kl"] = aggregate_kl_standard_normal(mu.float(), log_sigma.float(), action, self.num_actions).expand(len(loss))
-            loss = loss + aggregate_kl * terms["agg_kl"]
-        if motion_exchange > 0:
-            partner = same_group_partner(action)
-            exchanged = self.decode_states(out["z"], out["states"][partner], action).float()
-            terms["exchange"] = self._nll(exchanged, frames, alpha)
-            loss = loss + motion_exchange * terms["exchange"]
-        return {**terms, "loss": loss, "recon": recon}
-
-    @staticmethod
-    def _nll(recon: Tensor, frames: Tensor, alpha: float) -> Tensor:
-        """Gaussian NLL per clip in the paper's [-1, 1] pixel units (see ``elbo``): ``(b,)``."""
-        residual = 2.0 * (recon - frames.float())
-        return residual.square().flatten(1).sum(1) / (2.0 * alpha**2)
+        return {**terms, "loss": terms["nll"] + terms["kl_z"] + terms["kl_q"] + terms["kl_p"], "recon": recon}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

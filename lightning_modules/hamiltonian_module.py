@@ -63,12 +63,6 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
             frame vs 0.888 with the clip's content). Any ``q`` keeps eq. 17 a valid bound;
             0 (default) is the paper's whole-clip posterior. Off in every config: in the CPU
             budget 0.5 gave no gain (val SSIM 0.825 vs 0.830 at step 2250 of 4500).
-        aggregate_kl_weight: weight of a KL, not in the paper, of each action's aggregate of the
-            batch's reference-frame state posteriors to the N(0, I) prior (``MotionVAE.elbo``'s
-            ``aggregate_kl``; 0 = the paper's eq. 17).
-        motion_exchange_weight: weight of an NLL, not in the paper, of each clip rendered with the
-            state of another clip of the same action (``MotionVAE.elbo``'s ``motion_exchange``; needs
-            phase-aligned clips, ``random_window: false``; 0 = off).
         channels_last: channels-last memory format for the convolutions (faster on CPU).
         generation_length: frames generated from the first frame at val/test (paper 16).
         content_still_frames: at image -> sequence generation the content posterior reads the
@@ -111,8 +105,6 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         operator_lr: float | None = None,
         lr_schedule: str = "constant",
         content_subclip_prob: float = 0.0,
-        aggregate_kl_weight: float = 0.0,
-        motion_exchange_weight: float = 0.0,
         channels_last: bool = False,
         generation_length: int = 16,
         content_still_frames: int = 8,
@@ -239,8 +231,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
     ) -> dict[str, Tensor]:
         """Per-clip terms of eq. 17 (``nll``, ``kl_z``, ``kl_q``, ``kl_p``, ``loss``; ``(b,)``) and ``recon``
         (``MotionVAE.elbo`` with this module's likelihood std ``alpha``)."""
-        hp = self.hparams
-        return self.model.elbo(frames, action, reference, hp.alpha, content_index, hp.aggregate_kl_weight, hp.motion_exchange_weight)
+        return self.model.elbo(frames, action, reference, self.hparams.alpha, content_index)
 
     def _shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         frames, action = batch["frames"], batch["action"]
@@ -249,7 +240,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         content_index = self._content_subclip(b, T, frames.device) if stage == "train" else None
         terms = self.elbo_terms(frames, action, reference, content_index)
         loss = terms["loss"].mean()
-        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p", "agg_kl", "exchange") if k in terms}
+        logs = {f"{stage}/{k}": terms[k].mean() for k in ("nll", "kl_z", "kl_q", "kl_p")}
         logs[f"{stage}/mse"] = F.mse_loss(terms["recon"], frames.float())
         train = stage == "train"
         if train:

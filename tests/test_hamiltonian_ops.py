@@ -176,55 +176,6 @@ def test_model_kl_terms_match_torch_distributions():
     torch.testing.assert_close(terms["nll"], 2.0 * (terms["recon"] - clip).square().flatten(1).sum(1))
 
 
-def test_aggregate_kl_is_the_kl_of_each_actions_moment_matched_mixture():
-    from backbone.motion_networks import aggregate_kl_standard_normal
-
-    torch.manual_seed(0)
-    mu, log_sigma = torch.randn(9, 4) * 2 + 1, torch.randn(9, 4) * 0.3
-    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])  # group 2 has one row: skipped
-    expect = 0.0
-    for g in (0, 1):
-        m, var = mu[groups == g], (2 * log_sigma[groups == g]).exp()
-        cov = torch.cov(m.T, correction=0) + torch.diag(var.mean(0))
-        mixture = torch.distributions.MultivariateNormal(m.mean(0), cov)
-        prior = torch.distributions.MultivariateNormal(torch.zeros(4), torch.eye(4))
-        expect += torch.distributions.kl_divergence(mixture, prior) * 4 / 9
-    torch.testing.assert_close(aggregate_kl_standard_normal(mu, log_sigma, groups, 3), expect)
-    # zero exactly when the aggregate is the prior: here the rows are N(0, I) themselves
-    zero = aggregate_kl_standard_normal(torch.zeros(6, 4), torch.zeros(6, 4), torch.tensor([0, 0, 0, 1, 1, 1]), 2)
-    assert abs(float(zero)) < 1e-6
-
-
-def test_same_group_partner_pairs_rows_within_their_group():
-    from backbone.motion_vae import same_group_partner
-
-    groups = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1])
-    for seed in range(5):
-        torch.manual_seed(seed)
-        partner = same_group_partner(groups)
-        assert sorted(partner.tolist()) == list(range(8))  # a permutation
-        assert (groups[partner] == groups).all()
-        lonely = groups == 2
-        assert (partner[lonely] == torch.arange(8)[lonely]).all()
-        assert (partner[~lonely] != torch.arange(8)[~lonely]).all()
-
-
-@pytest.mark.parametrize("aggregate_kl,motion_exchange", [(0.0, 0.0), (5.0, 0.0), (0.0, 0.5), (5.0, 0.5)])
-def test_elbo_options_add_their_weighted_terms(aggregate_kl, motion_exchange):
-    model = MotionVAE(content_dim=8, frame_dim=16, image_size=16, encoder_channels=[4, 4], encoder_strides=[2, 2],
-                      encoder_hidden=[16], decoder_hidden=[16], decoder_channels=[4, 4], decoder_strides=[2, 2], kernel_size=3)
-    clip, action, ref = torch.rand(6, 5, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 3, 4, 1, 2, 0])
-    torch.manual_seed(1)
-    plain = model.elbo(clip, action, ref)
-    torch.manual_seed(1)
-    terms = model.elbo(clip, action, ref, aggregate_kl=aggregate_kl, motion_exchange=motion_exchange)
-    assert ("agg_kl" in terms) == (aggregate_kl > 0) and ("exchange" in terms) == (motion_exchange > 0)
-    extra = aggregate_kl * terms.get("agg_kl", 0.0) + motion_exchange * terms.get("exchange", 0.0)
-    torch.testing.assert_close(terms["loss"], plain["loss"] + extra)
-    if motion_exchange:  # each action has two clips: the exchanged render is not the clip's own
-        assert not torch.allclose(terms["exchange"], terms["nll"])
-
-
 def test_bad_operator_kind_and_actions():
     with pytest.raises(ValueError, match="skew-H"):
         HamiltonianOperators(3, 6, "symplectic")
