@@ -17,7 +17,9 @@ from utils.checks import check_int
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-TZ_HEADS = ("affine", "pivot")
+TZ_HEADS = ("affine", "pivot", "rigid")
+PIVOT_HEADS = ("pivot", "rigid")  # heads that predict pivot_affine parameters
+RIGID_PARAMS = (1.0, 0.0, 0.0, 0.0, 1.0, 1.0)  # angle and translation kept; scale, aspect, shear held at 0
 
 
 def pivot_affine(params: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
@@ -56,6 +58,8 @@ class TransformNet(nn.Module):
     ``head`` chooses what the output layer predicts:
 
     * ``'affine'`` (the paper): the six free entries of the 2x3 matrix.
+    * ``'rigid'``: the ``'pivot'`` head with scale, aspect and shear held at zero (a rotation about
+      the pivot plus a translation), for data whose characters only turn and move (Moving MNIST).
     * ``'pivot'`` (a departure, measured in ``docs/experiments_equivariant.md``): angle,
       log-scale, log-aspect, shear and translation (``pivot_affine``) about the energy centroid
       of the two character maps, and the keypoint path also carries two rotation estimates:
@@ -76,8 +80,8 @@ class TransformNet(nn.Module):
         super().__init__()
         if head not in TZ_HEADS:
             raise ValueError(f"Unknown T_Z head {head!r}; expected one of {TZ_HEADS}.")
-        if head == "pivot" and keypoints < 2:
-            raise ValueError(f"The 'pivot' T_Z head needs at least 2 keypoints (for its Procrustes rotation), got {keypoints}.")
+        if head in PIVOT_HEADS and keypoints < 2:
+            raise ValueError(f"The {head!r} T_Z head needs at least 2 keypoints (for its Procrustes rotation), got {keypoints}.")
         check_int(hidden, "tz_hidden", message="{name} must be an integer >= 1 (the width of T_Z's hidden layer), got {value!r}.")
         if any(int(c) < 1 for c in channels):
             raise ValueError(f"tz_channels must be positive widths, got {list(channels)}.")
@@ -90,7 +94,7 @@ class TransformNet(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
         self.keypoints = nn.Conv2d(feature_channels, keypoints, 3, 1, 1) if keypoints > 0 else None
-        extra = 6 * max(keypoints, 0) + (3 if head == "pivot" else 0)
+        extra = 6 * max(keypoints, 0) + (3 if head in PIVOT_HEADS else 0)
         self.fc = nn.Sequential(nn.Linear(c_prev * pool_size * pool_size + extra, hidden), nn.ReLU(inplace=True))
         self.out = nn.Linear(hidden + extra, 6)  # keypoints also reach the (zero-initialised) output directly
         self.reset_identity()
@@ -169,11 +173,13 @@ class TransformNet(nn.Module):
         if self.keypoints is not None:
             k1, k2 = self._soft_argmax(z_t1, coords), self._soft_argmax(z_t2, coords)
             keys = [rearrange(k, "b k c -> b (k c)") for k in (k1, k2, k2 - k1)]
-            if self.head == "pivot":
+            if self.head in PIVOT_HEADS:
                 keys += [self.procrustes_features(k1, k2), self.MATCHED_ROTATION_GAIN * self.matched_rotation(z_t1, z_t2, coords)[:, None]]
         hidden = self.fc(torch.cat([rearrange(y, "b c h w -> b (c h w)"), *keys], dim=1))
         params = self.out(torch.cat([hidden, *keys], dim=1))
-        if self.head == "pivot":
+        if self.head == "rigid":
+            params = params * params.new_tensor(RIGID_PARAMS)
+        if self.head in PIVOT_HEADS:
             pivot = 0.5 * (self.energy_centroid(z_t1, coords) + self.energy_centroid(z_t2, coords))
             return pivot_affine(params, pivot)
         return rearrange(params, "b (r k) -> b r k", r=2, k=3)

@@ -51,7 +51,8 @@ class EquivariantSceneModule(SceneMotionModule):
         tz_keypoints: soft-argmax keypoints per feature map in ``T_Z`` (``backbone.scene.TransformNet``).
         tz_head: what ``T_Z``'s output layer predicts: ``'affine'`` (six free entries, the paper) or
             ``'pivot'`` (angle / scales / shear / translation about the character's centroid, with a
-            keypoint Procrustes rotation feature; ``backbone.scene.TransformNet``).
+            keypoint Procrustes rotation feature; ``backbone.scene.TransformNet``) or ``'rigid'``
+            (the pivot head with scale, aspect and shear held at zero).
         alpha_equiv, alpha_inv: the weights α of eq. 4.
         lr, betas, weight_decay: Adam.
         use_ground_truth_transform: the ``T_Z := T_X`` ablation (Fig. 18): apply the batch's

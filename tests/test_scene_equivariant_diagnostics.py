@@ -126,6 +126,20 @@ def test_pivot_head_is_exactly_the_identity_at_init_and_learns_a_rotation_about_
     assert abs(abs(float(angle)) - 30.0) < 6.0
 
 
+def test_rigid_head_outputs_only_rotations_and_translations():
+    torch.manual_seed(0)
+    net = TransformNet(feature_channels=4, channels=(8,), hidden=16, keypoints=8, head="rigid")
+    z1, z2 = torch.randn(5, 4, 16, 16), torch.randn(5, 4, 16, 16)
+    assert torch.equal(net(z1, z2), identity_affine(5))
+    with torch.no_grad():  # any output layer: the linear part stays a rotation (orthonormal, det 1)
+        net.out.weight.normal_(std=0.3)
+        net.out.bias.normal_(std=0.3)
+    linear = net(z1, z2)[:, :, :2]
+    torch.testing.assert_close(linear @ linear.transpose(1, 2), torch.eye(2).expand(5, 2, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(linear), torch.ones(5), atol=1e-5, rtol=0)
+    assert not torch.allclose(linear, torch.eye(2).expand(5, 2, 2), atol=1e-3)
+
+
 def test_procrustes_features_read_the_rotation_of_keypoints():
     g = torch.Generator().manual_seed(0)
     k2 = torch.randn(2, 10, 2, generator=g)
