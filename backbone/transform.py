@@ -58,8 +58,6 @@ class TransformNet(nn.Module):
     ``head`` chooses what the output layer predicts:
 
     * ``'affine'`` (the paper): the six free entries of the 2x3 matrix.
-    * ``'rigid'``: the ``'pivot'`` head with scale, aspect and shear held at zero (a rotation about
-      the pivot plus a translation), for data whose characters only turn and move (Moving MNIST).
     * ``'pivot'`` (a departure, measured in ``docs/experiments_equivariant.md``): angle,
       log-scale, log-aspect, shear and translation (``pivot_affine``) about the energy centroid
       of the two character maps, and the keypoint path also carries two rotation estimates:
@@ -68,6 +66,9 @@ class TransformNet(nn.Module):
       candidate rotations (``matched_rotation``). With six
       free entries a rotation about the character's own centre needs a translation ``(I - R) c``
       that is a product of angle and position, which the linear paths cannot express.
+    * ``'rigid'``: the ``'pivot'`` head with scale, aspect and shear held at zero (a rotation about
+      the pivot plus a translation), for data whose characters only turn and move (Moving MNIST;
+      measured in ``docs/experiments_equivariant.md`` section 5).
     """
 
     # The matched angle (radians) enters the zero-initialised output layer multiplied by this gain: passing

@@ -321,4 +321,3 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
 
     def _load_judge(self, path: str) -> nn.Module:
         return load_judge(path, self.device)
-
