@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from backbone.motion_vae import MotionVAE
 from lightning_modules import prediction
 from lightning_modules.base import SceneMotionModule
-from lightning_modules.judge_module import load_judge
 from lightning_modules.evaluation.motion import MotionEvaluation, generation_metrics
 from lightning_modules.evaluation.motion_report import EVAL_OPTIONS, GEN_METRICS
+from lightning_modules.judge_module import load_judge
 from utils.torch_utils import eval_mode
 from utils.trainer import run_progress, time_budget
 
