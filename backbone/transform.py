@@ -67,8 +67,8 @@ class TransformNet(nn.Module):
       free entries a rotation about the character's own centre needs a translation ``(I - R) c``
       that is a product of angle and position, which the linear paths cannot express.
     * ``'rigid'``: the ``'pivot'`` head with scale, aspect and shear held at zero (a rotation about
-      the pivot plus a translation), for data whose characters only turn and move (Moving MNIST;
-      measured in ``docs/experiments_equivariant.md`` section 5).
+      the pivot plus a translation), for data whose characters only turn and move (the Moving MNIST
+      configs; measured in ``docs/experiments_equivariant.md`` section 5).
     """
 
     # The matched angle (radians) enters the zero-initialised output layer multiplied by this gain: passing

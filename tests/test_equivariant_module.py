@@ -173,11 +173,11 @@ def test_checkpoint_of_another_model_fails_with_a_clear_message(tmp_path, cache_
 
 def test_checkpoint_of_other_widths_fails_with_a_clear_message(mnist_checkpoint):
     _, ckpt = mnist_checkpoint
-    wider = EquivariantSceneModule(**{**TINY, "feature_channels": 12, "tz_head": "pivot"})  # the CPU config's head
+    wider = EquivariantSceneModule(**{**TINY, "feature_channels": 12, "tz_head": "rigid"})  # the CPU config's head
     with pytest.raises(ValueError, match=r"different EquivariantSceneModule architecture \(feature_channels: checkpoint 8 vs config 12\)"):
         wider.on_load_checkpoint(torch.load(ckpt, weights_only=False))
     other_head = EquivariantSceneModule(**{**TINY, "tz_head": "affine"})
-    with pytest.raises(ValueError, match=r"tz_head: checkpoint 'pivot' vs config 'affine'"):
+    with pytest.raises(ValueError, match=r"tz_head: checkpoint 'rigid' vs config 'affine'"):
         other_head.on_load_checkpoint(torch.load(ckpt, weights_only=False))
 
 
