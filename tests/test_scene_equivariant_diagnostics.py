@@ -60,19 +60,29 @@ def ghost_scene(size: int = 16):
 
 def test_ghost_metrics_are_zero_for_a_perfect_render_and_large_for_a_ghosted_one():
     background, mask, character, on_canvas = ghost_scene()
-    perfect = scene_metrics.ghost_metrics(background, background, on_canvas, on_canvas, mask)
+    frame = mask * character + (1 - mask) * background
+    perfect = scene_metrics.ghost_metrics(background, background, on_canvas, on_canvas, mask, frame)
     for v in perfect.values():
         torch.testing.assert_close(v, torch.zeros(2))
+    assert scene_metrics.ghost_metrics(background, background, on_canvas, on_canvas, mask)["bg_ghost_strength"].isnan().all()
     # the character left in the background render, the diamond left in the character render
     bg_ghost = mask * character + (1 - mask) * background
     char_ghost = on_canvas.clone()
     char_ghost[:, :, 2:6, 2:6] = background[:, :, 2:6, 2:6]
     noise = 0.02 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    values = scene_metrics.ghost_metrics(bg_ghost + noise, background, char_ghost + noise, on_canvas, mask)
+    values = scene_metrics.ghost_metrics(bg_ghost + noise, background, char_ghost + noise, on_canvas, mask, frame)
     ratios = scene_metrics.ghost_ratios({k: v.numpy() for k, v in values.items()})
     assert ratios["background_ghost_ratio"] > 20 and ratios["character_ghost_ratio"] > 20
-    clean = scene_metrics.ghost_ratios({k: v.numpy() for k, v in scene_metrics.ghost_metrics(background + noise, background, on_canvas + noise, on_canvas, mask).items()})
+    assert abs(ratios["background_ghost_strength"] - 1.0) < 0.05  # the render copies the character
+    half = scene_metrics.ghost_metrics(0.5 * (bg_ghost + background), background, on_canvas, on_canvas, mask, frame)
+    torch.testing.assert_close(half["bg_ghost_strength"], torch.full((2,), 0.5))
+    clean = scene_metrics.ghost_ratios({k: v.numpy() for k, v in scene_metrics.ghost_metrics(background + noise, background, on_canvas + noise, on_canvas, mask, frame).items()})
     assert 0.5 < clean["background_ghost_ratio"] < 1.5 and 0.5 < clean["character_ghost_ratio"] < 1.5
+    assert abs(clean["background_ghost_strength"]) < 0.05  # an error unrelated to the character: no ghost
+    # inpainting: a wrong but character-free guess under the mask raises the ratio, not the strength
+    guess = mask * torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)) + (1 - mask) * background + noise
+    inpainted = scene_metrics.ghost_ratios({k: v.numpy() for k, v in scene_metrics.ghost_metrics(guess, background, on_canvas, on_canvas, mask, frame).items()})
+    assert inpainted["background_ghost_ratio"] > 20 and abs(inpainted["background_ghost_strength"]) < 0.3
 
 
 def test_structure_mask_finds_the_diamonds_of_a_background():

@@ -98,7 +98,7 @@ def fig3_protocol(
         transformation, background = transformation.float().cpu(), background.float().cpu()
         mask_j = ex["background_target_mask"]  # the character mask of x1_j (same pose, other background)
         canvas = torch.tensor(canvas_color, dtype=torch.float32).view(1, 3, 1, 1)
-        ghosts.append(ghost_metrics(bg_render, ex["background1"], char_render, mask_j * ex["x1_j"] + (1 - mask_j) * canvas, mask_j))
+        ghosts.append(ghost_metrics(bg_render, ex["background1"], char_render, mask_j * ex["x1_j"] + (1 - mask_j) * canvas, mask_j, ex["x1_j"]))
         parts["transformation"].append(per_example_metrics(transformation, ex["transformation_target"]))
         parts["background"].append(per_example_metrics(background, ex["background_target"]))
         parts["video_frames"].append(per_example_metrics(ex["other_frame"], ex["x1_j"]))
@@ -151,12 +151,14 @@ def ghost_table(ghosts: Mapping[str, float]) -> str:
 
     rows = {
         "background-only render vs true background": {"ghost region MSE": ghosts["bg_inside_mse"], "reference MSE": ghosts["bg_outside_mse"],
-                                                      "ratio": ghosts["background_ghost_ratio"]},
+                                                      "ratio": ghosts["background_ghost_ratio"],
+                                                      "character held (0-1)": ghosts.get("background_ghost_strength", float("nan"))},
         "character-only render vs character on canvas": {"ghost region MSE": ghosts["char_on_structure_mse"],
                                                          "reference MSE": ghosts["char_off_structure_mse"], "ratio": ghosts["character_ghost_ratio"]},
     }
     return format_table("Ghosts (background render: inside / outside the character mask; character render: "
-                        "on / off the true background's diamonds, outside the mask)", rows, ["ghost region MSE", "reference MSE", "ratio"])
+                        "on / off the true background's diamonds, outside the mask; character held: the share of the character the "
+                        "background render copies inside the mask, 0 = inpainting only)", rows, ["ghost region MSE", "reference MSE", "ratio", "character held (0-1)"])
 
 
 # ============================================================================ sprites
@@ -251,7 +253,7 @@ def sprite_analogy_protocol(
             rows["gray_canvas"].append(per_example_metrics(gray, on_b[1:]))
             x_b1 = frames_b[:1].to(device)
             ghosts.append(ghost_metrics(scene.render_background(x_b1).float().cpu(), clip_b["background"][None],
-                                        scene.remove_background(x_b1, canvas_color=canvas_color).float().cpu(), on_b[:1], clip_b["masks"][:1]))
+                                        scene.remove_background(x_b1, canvas_color=canvas_color).float().cpu(), on_b[:1], clip_b["masks"][:1], frames_b[:1]))
         if not examples:
             examples = {"A": frames_a, "B": frames_b, "prediction": torch.cat([frames_b[:1], pred])}
         if bar is not None:

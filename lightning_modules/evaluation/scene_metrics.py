@@ -7,6 +7,7 @@ MSE scales (see ``lightning_modules.evaluation.scene``): ``mse`` on [0, 1], ``ms
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -46,7 +47,7 @@ def structure_mask(background: torch.Tensor, tolerance: float = 1.5 / 255) -> to
 
 
 def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor, character_render: torch.Tensor,
-                  character_target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+                  character_target: torch.Tensor, mask: torch.Tensor, frame: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-example ghosts of one component in the render of the other (``b`` each; issue 13).
 
     * ``background_render`` (``g(fb(x))``) against the ``true_background``: MSE inside the character
@@ -56,13 +57,25 @@ def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor
       background's diamonds (``char_on_structure``: a ghost of the background shows here) and on
       its base colour (``char_off_structure``).
 
+    * ``bg_ghost_strength`` (with the input ``frame``): how much of the character the background
+      render holds inside the mask, the least-squares ``a`` in ``render - background ≈ a (frame -
+      background)`` there. 0 when the error under the character is unrelated to it (inpainting the
+      hidden background), 1 when the render copies the character. The MSE ratio cannot tell these apart.
+
     The ghost ratios are ``bg_inside / bg_outside`` and ``char_on_structure / char_off_structure``
     of the means (``ghost_ratios``): about 1 without a ghost, large with one.
     """
     mask = mask.float()
     outside = 1.0 - mask
     structure = structure_mask(true_background)
+    strength = torch.full((mask.shape[0],), float("nan"))
+    if frame is not None:
+        residual, character = background_render.float() - true_background.float(), frame.float() - true_background.float()
+        weight = mask.expand_as(character)
+        energy = (character.square() * weight).flatten(1).sum(1)
+        strength = torch.where(energy > 0, (residual * character * weight).flatten(1).sum(1) / energy.clamp_min(1e-12), strength)
     return {
+        "bg_ghost_strength": strength,
         "bg_inside": per_example_mse(background_render, true_background, mask),
         "bg_outside": per_example_mse(background_render, true_background, outside),
         "char_on_structure": per_example_mse(character_render, character_target, outside * structure),
@@ -71,12 +84,17 @@ def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor
 
 
 def ghost_ratios(values: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """``background_ghost_ratio`` and ``character_ghost_ratio`` from ``ghost_metrics`` arrays (NaNs dropped)."""
-    mean = {k: float(np.nanmean(np.asarray(v, dtype=np.float64))) for k, v in values.items()}
+    """``background_ghost_ratio``, ``character_ghost_ratio`` and the mean ``background_ghost_strength``
+    from ``ghost_metrics`` arrays (NaNs dropped)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN strength (no frame given) is NaN
+        mean = {k: float(np.nanmean(np.asarray(v, dtype=np.float64))) for k, v in values.items()}
+    strength = mean.pop("bg_ghost_strength", float("nan"))
     ratio = lambda a, b: mean[a] / mean[b] if mean[b] > 0 else float("inf") if mean[a] > 0 else 1.0  # noqa: E731
     return {**{f"{k}_mse": v for k, v in mean.items()},
             "background_ghost_ratio": ratio("bg_inside", "bg_outside"),
-            "character_ghost_ratio": ratio("char_on_structure", "char_off_structure")}
+            "character_ghost_ratio": ratio("char_on_structure", "char_off_structure"),
+            "background_ghost_strength": strength}
 
 
 def summarize(values: np.ndarray | torch.Tensor) -> dict[str, float]:
