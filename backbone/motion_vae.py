@@ -32,7 +32,6 @@ from typing import Sequence
 
 import torch
 from einops import rearrange, repeat
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbone.hamiltonian import HamiltonianOperators, OperatorKind, embed_subspace
@@ -60,10 +59,6 @@ class MotionVAE(nn.Module):
         operator_init_std: initial scale of the operators' free parameters.
         output_activation: decoder output, ``"sigmoid"`` or ``"linear"`` (``FrameDecoder``).
         output_bias: initial bias of the decoder's last layer (``FrameDecoder``).
-        state_norm: scale the start state's position and momentum each to unit length before the
-            unroll, for posterior and prior states alike (not in the paper; the authors' released
-            code normalises the states of each subspace). The prior over ``s`` stays N(0, I), so
-            a prior state is a uniform direction on the same spheres as the posterior's.
     """
 
     def __init__(
@@ -88,7 +83,6 @@ class MotionVAE(nn.Module):
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
         output_bias: float = 0.0,
-        state_norm: bool = False,
     ) -> None:
         super().__init__()
         if momentum_window < 1:
@@ -98,7 +92,6 @@ class MotionVAE(nn.Module):
         check_int(motion_hidden, "motion_hidden", optional=True,
                   message="{name} must be an integer >= 1, or null for the default num_actions * position_dim; got {value!r}.")
         self.num_actions, self.dim, self.content_dim = num_actions, position_dim, content_dim
-        self.state_norm = state_norm
         self.image_size, self.in_channels = image_size, in_channels
         hidden = motion_hidden or num_actions * position_dim
         self.encoder = FrameEncoder(image_size, in_channels, encoder_channels, encoder_strides, encoder_hidden, frame_dim, kernel_size, batchnorm)
@@ -150,12 +143,7 @@ class MotionVAE(nn.Module):
         return Posterior(self.content(hz), self.position(h, action), self.momentum(h, action))
 
     def rollout(self, start: Tensor, action: Tensor, offsets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``s(t_ref + τ) = exp(τ H_k) s(t_ref)``: ``start (b, 2d)``, offsets ``(b, L)`` or ``(L,)`` -> ``(b, L, 2d)``.
-
-        With ``state_norm`` the start's ``q`` and ``p`` are first scaled to unit length each."""
-        if self.state_norm:
-            q, p = start.split(self.dim, -1)
-            start = torch.cat([F.normalize(q, dim=-1), F.normalize(p, dim=-1)], -1)
+        """``s(t_ref + τ) = exp(τ H_k) s(t_ref)``: ``start (b, 2d)``, offsets ``(b, L)`` or ``(L,)`` -> ``(b, L, 2d)``."""
         return self.operators.rollout(start, action, offsets, dtype)
 
     def decode(self, z: Tensor, positions: Tensor, action: Tensor) -> Tensor:

@@ -46,7 +46,6 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         output_activation: decoder output, ``"sigmoid"`` (default) or ``"linear"``.
         output_bias: initial bias of the decoder's last layer (paper: unspecified; 0 here).
             Sprites frames are mostly black: -4 (sigmoid ≈ 0.02) speeds up early training.
-        state_norm: unit-length start states (``MotionVAE``; the authors' code, not the paper).
         alpha: std of the Gaussian likelihood in the paper's [-1, 1] pixel units (paper: 1).
         lr: Adam learning rate (paper 2e-4).
         operator_lr: learning rate of the Hamiltonian operators (default: ``lr``). The operators
@@ -101,7 +100,6 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
         output_bias: float = 0.0,
-        state_norm: bool = False,
         alpha: float = 1.0,
         lr: float = 2e-4,
         operator_lr: float | None = None,
@@ -142,7 +140,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         self.model = MotionVAE(
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
-            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation, output_bias, state_norm,
+            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation, output_bias,
         )  # fmt: skip
         if channels_last:
             self.use_channels_last(self.model, True)

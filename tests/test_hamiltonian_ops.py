@@ -143,25 +143,6 @@ def test_decoder_input_only_holds_the_active_subspace():
     assert out["states"].shape == (3, 5, 4)
 
 
-@pytest.mark.parametrize("operator", ["H", "skew-H"])
-def test_state_norm_puts_every_start_state_on_the_unit_spheres(operator):
-    """``state_norm``: the unroll starts from unit-length q and p (posterior and prior states alike), so a
-    start state's scale does not change the rendered motion; skew-H then keeps |s| = sqrt(2) on the orbit."""
-    torch.manual_seed(0)
-    model = MotionVAE(num_actions=3, position_dim=3, content_dim=4, frame_dim=8, image_size=16,
-                      encoder_channels=[4, 4], encoder_strides=[2, 2], encoder_hidden=[8], decoder_hidden=[8],
-                      decoder_channels=[4, 4], decoder_strides=[2, 2], kernel_size=3, operator=operator,
-                      operator_init_std=0.3, state_norm=True).eval()
-    start, action = torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
-    states = model.rollout(start * 7.0, action, torch.arange(4))
-    torch.testing.assert_close(states[:, 0, :3].norm(dim=-1), torch.ones(5))
-    torch.testing.assert_close(states[:, 0, 3:].norm(dim=-1), torch.ones(5))
-    if operator == "skew-H":
-        torch.testing.assert_close(states.norm(dim=-1), torch.full((5, 4), 2**0.5))
-    z = torch.randn(5, 4)
-    torch.testing.assert_close(model.prior_motion(z, action, 4, start=start), model.prior_motion(z, action, 4, start=start * 0.1))
-
-
 def test_kl_matches_torch_distributions():
     torch.manual_seed(0)
     g = DiagonalGaussian(torch.randn(7, 6), torch.randn(7, 6) * 0.5)
