@@ -152,7 +152,7 @@ def ghost_table(ghosts: Mapping[str, float]) -> str:
     rows = {
         "background-only render vs true background": {"ghost region MSE": ghosts["bg_inside_mse"], "reference MSE": ghosts["bg_outside_mse"],
                                                       "ratio": ghosts["background_ghost_ratio"],
-                                                      "character held (0-1)": ghosts.get("background_ghost_strength", float("nan"))},
+                                                      "character held (0-1)": ghosts["background_ghost_strength"]},
         "character-only render vs character on canvas": {"ghost region MSE": ghosts["char_on_structure_mse"],
                                                          "reference MSE": ghosts["char_off_structure_mse"], "ratio": ghosts["character_ghost_ratio"]},
     }

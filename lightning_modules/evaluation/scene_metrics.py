@@ -56,7 +56,6 @@ def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor
       ``character_target`` (the character on that canvas), outside the mask: on the true
       background's diamonds (``char_on_structure``: a ghost of the background shows here) and on
       its base colour (``char_off_structure``).
-
     * ``bg_ghost_strength`` (with the input ``frame``): how much of the character the background
       render holds inside the mask, the least-squares ``a`` in ``render - background ≈ a (frame -
       background)`` there. 0 when the error under the character is unrelated to it (inpainting the
@@ -86,7 +85,7 @@ def ghost_metrics(background_render: torch.Tensor, true_background: torch.Tensor
 def ghost_ratios(values: Mapping[str, np.ndarray]) -> dict[str, float]:
     """``background_ghost_ratio``, ``character_ghost_ratio`` and the mean ``background_ghost_strength``
     from ``ghost_metrics`` arrays (NaNs dropped)."""
-    with np.errstate(all="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN strength (no frame given) is NaN
         mean = {k: float(np.nanmean(np.asarray(v, dtype=np.float64))) for k, v in values.items()}
     strength = mean.pop("bg_ghost_strength", float("nan"))
