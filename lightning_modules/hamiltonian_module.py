@@ -100,6 +100,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
         output_bias: float = 0.0,
+        render_momentum: bool = False,
         alpha: float = 1.0,
         lr: float = 2e-4,
         operator_lr: float | None = None,
@@ -141,6 +142,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
             num_actions, position_dim, content_dim, frame_dim, image_size, 3,
             encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
             kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation, output_bias,
+            render_momentum,
         )  # fmt: skip
         if channels_last:
             self.use_channels_last(self.model, True)
