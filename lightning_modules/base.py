@@ -43,11 +43,11 @@ class SceneMotionModule(pl.LightningModule):
         """The trainer's DataModule, or ``None`` (no trainer, or plain dataloaders)."""
         return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
 
-    def check_image_size(self, message: str) -> None:
-        """Raise ``ValueError(message.format(size=...))`` when the DataModule's frames are not ``hparams.image_size``."""
+    def check_image_size(self, image_size: int, message: str) -> None:
+        """Raise ``ValueError(message.format(size=..., image_size=...))`` when the DataModule's frames are not ``image_size``."""
         dm = self.datamodule
-        if dm is not None and getattr(dm, "image_size", None) is not None and int(dm.image_size) != self.hparams.image_size:
-            raise ValueError(message.format(size=int(dm.image_size), image_size=self.hparams.image_size))
+        if dm is not None and getattr(dm, "image_size", None) is not None and int(dm.image_size) != image_size:
+            raise ValueError(message.format(size=int(dm.image_size), image_size=image_size))
 
     def warn_gpu_scale(self, is_gpu_scale: bool, message: str) -> None:
         """Warn once per module that a paper-scale (GPU) configuration runs on a CPU."""

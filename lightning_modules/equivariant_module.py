@@ -158,6 +158,7 @@ class EquivariantSceneModule(SceneMotionModule):
     def setup(self, stage: str) -> None:
         dm = self.datamodule
         self.check_image_size(
+            self.hparams.image_size,
             "The data has {size}x{size} frames but the model is built for image_size={image_size}: "
             f"set model.init_args.image_size: {{size}} (a multiple of {self.scene.downsample}) or the data's image_size."
         )

@@ -18,6 +18,7 @@ numbers and the report) is ``lightning_modules.evaluation.motion.MotionEvaluatio
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Callable, Iterator
 
@@ -37,15 +38,28 @@ from utils.trainer import run_progress, time_budget
 GPU_SCALE_PARAMS = 20_000_000
 
 
+def network_arguments(given: dict) -> dict:
+    """``MotionVAE``'s arguments: its defaults updated with ``given`` (sequences as lists); one clear
+    error for a name that is neither ``HamiltonianMotionModule``'s nor ``MotionVAE``'s."""
+    params = inspect.signature(MotionVAE).parameters
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise TypeError(
+            f"HamiltonianMotionModule got unknown argument(s) {unknown}: they are neither its own nor "
+            f"backbone.motion_vae.MotionVAE's (known network arguments: {', '.join(params)})."
+        )
+    merged = {name: given.get(name, p.default) for name, p in params.items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
+
+
 class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
     """The Hamiltonian content/motion VAE (``backbone.motion_vae.MotionVAE``) with its ELBO and evaluation.
 
-    Model args are ``MotionVAE``'s (Tables 3–5 defaults: the ~108 M-parameter paper scale).
-
     Args:
-        output_activation: decoder output, ``"sigmoid"`` (default) or ``"linear"``.
-        output_bias: initial bias of the decoder's last layer (paper: unspecified; 0 here).
-            Sprites frames are mostly black: -4 (sigmoid ≈ 0.02) speeds up early training.
+        **network: the network's arguments, passed to ``backbone.motion_vae.MotionVAE`` (its defaults
+            are Tables 3–5's ~108 M-parameter paper scale). The CLI and the YAML configs give them
+            flat beside the arguments below (``model.init_args.position_dim``): jsonargparse follows
+            ``**network`` into ``MotionVAE``'s signature, so they are type-checked and documented there.
         alpha: std of the Gaussian likelihood in the paper's [-1, 1] pixel units (paper: 1).
         lr: Adam learning rate (paper 2e-4).
         operator_lr: learning rate of the Hamiltonian operators (default: ``lr``). The operators
@@ -81,26 +95,6 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
 
     def __init__(
         self,
-        num_actions: int = 3,
-        position_dim: int = 6,
-        content_dim: int = 256,
-        frame_dim: int = 256,
-        image_size: int = 64,
-        encoder_channels: list[int] = [256, 256, 256, 256, 256],
-        encoder_strides: list[int] = [1, 2, 2, 2, 1],
-        encoder_hidden: list[int] = [4096, 2048],
-        decoder_hidden: list[int] = [4096],
-        decoder_channels: list[int] = [256, 256, 256, 256, 256],
-        decoder_strides: list[int] = [2, 2, 2, 2, 1],
-        kernel_size: int = 5,
-        batchnorm: bool = True,
-        motion_hidden: int | None = None,
-        momentum_window: int = 4,
-        operator: str = "H",
-        operator_init_std: float = 0.01,
-        output_activation: str = "sigmoid",
-        output_bias: float = 0.0,
-        render_momentum: bool = False,
         alpha: float = 1.0,
         lr: float = 2e-4,
         operator_lr: float | None = None,
@@ -114,6 +108,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         val_generation: bool = True,
         probe_clips: int = 3000,
         predict: dict | None = None,
+        **network,
     ) -> None:
         super().__init__()
         if alpha <= 0:
@@ -130,6 +125,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
             raise ValueError(f"content_subclip_prob must be in [0, 1], got {content_subclip_prob}.")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
+        network = network_arguments(network)  # every network argument is a saved hyper-parameter, defaults included
         # Evaluation options are attributes, not hyper-parameters: LightningCLI re-applies a
         # checkpoint's hyper-parameters over the command line (``--ckpt_path``), so options saved
         # there could not be changed at test time (e.g. ``--model.init_args.judge_checkpoint``).
@@ -138,17 +134,12 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         self.generation_length, self.val_generation = generation_length, val_generation
         self.content_still_frames, self.probe_clips = content_still_frames, probe_clips
         self.predict_options = prediction.PredictOptions.parse(predict, "hamiltonian")
-        self.model = MotionVAE(
-            num_actions, position_dim, content_dim, frame_dim, image_size, 3,
-            encoder_channels, encoder_strides, encoder_hidden, decoder_hidden, decoder_channels, decoder_strides,
-            kernel_size, batchnorm, motion_hidden, momentum_window, operator, operator_init_std, output_activation, output_bias,
-            render_momentum,
-        )  # fmt: skip
+        self.model = MotionVAE(**network)
         if channels_last:
             self.use_channels_last(self.model, True)
             self.model.memory_format = torch.channels_last
         # val/test: generation scores; test: headline SSIM per action and frames inside / beyond the clip
-        self.gen_metrics, self.energy_drift, self.ssim_breakdown = generation_metrics(num_actions)
+        self.gen_metrics, self.energy_drift, self.ssim_breakdown = generation_metrics(self.model.num_actions)
         self._judge: list[nn.Module] = []  # not a registered submodule: never saved in our checkpoints
 
     # ------------------------------------------------------------------ checks
@@ -165,13 +156,14 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         dm = self.datamodule
         if dm is None or not hasattr(dm, "actions"):
             return
-        hp = self.hparams
-        if len(dm.actions) != hp.num_actions and not (stage == "predict" and not dm.actions):  # unlabelled inputs: no swap
+        num_actions = self.model.num_actions
+        if len(dm.actions) != num_actions and not (stage == "predict" and not dm.actions):  # unlabelled inputs: no swap
             raise ValueError(
-                f"The data has {len(dm.actions)} actions {list(dm.actions)} but the model has num_actions={hp.num_actions}. "
+                f"The data has {len(dm.actions)} actions {list(dm.actions)} but the model has num_actions={num_actions}. "
                 f"Set --model.init_args.num_actions {len(dm.actions)}."
             )
         self.check_image_size(
+            self.model.image_size,
             "The data's frames are {size}x{size} but the model expects image_size={image_size}. "
             "Set --model.init_args.image_size {size} (or the source's image_size)."
         )
@@ -295,7 +287,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
     # ------------------------------------------------------------------ optimiser
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         """``cli.py predict``: image -> sequence per action, motion swap, samples (``lightning_modules.prediction``)."""
-        names = prediction.action_names(getattr(self.trainer, "datamodule", None), self.hparams.num_actions)
+        names = prediction.action_names(getattr(self.trainer, "datamodule", None), self.model.num_actions)
         return prediction.hamiltonian_predict(self, batch, batch_idx, self.predict_options, names)
 
     def optimizer(self) -> torch.optim.Optimizer:

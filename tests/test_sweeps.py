@@ -2,13 +2,13 @@
 
 import glob
 import importlib
-import inspect
 import json
 import math
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
 
 import sweep
 from utils.config import load_config
@@ -39,7 +39,9 @@ def test_sweep_file_passes_the_engine_schema_and_names_real_init_args(path, monk
     assert config["program"] == "cli.py" and command[:4] == ["${env}", "${interpreter}", "${program}", "fit"]
     base = load_config(ROOT / command[command.index("--config") + 1])
     module_path, cls = base["model"]["class_path"].rsplit(".", 1)
-    accepted = inspect.signature(getattr(importlib.import_module(module_path), cls)).parameters
+    parser = ArgumentParser()  # what the CLI accepts: jsonargparse also follows **kwargs into the class they are passed to
+    parser.add_class_arguments(getattr(importlib.import_module(module_path), cls), "model")
+    accepted = {action.dest.split(".", 1)[1] for action in parser._actions if action.dest.startswith("model.")}
     for name in config["parameters"]:
         assert name.startswith("model.init_args.") and name.split(".")[-1] in accepted, name
     # the agent's macro expansion: one --name=value flag per parameter

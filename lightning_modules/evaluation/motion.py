@@ -110,7 +110,7 @@ class MotionEvaluation(MotionReport):
         """Where the headline SSIM ``(b, L)`` is lost: per action, and frames ``< T`` vs ``>= T``
         (the second pass through the clip: only a rollout that closes the cycle scores there)."""
         clip_ssim = ssim.mean(1)
-        for k in range(self.hparams.num_actions):
+        for k in range(self.model.num_actions):
             self.ssim_breakdown[f"action_{k}"].update(clip_ssim[action == k])
         self.ssim_breakdown["frames_in_clip"].update(ssim[:, :clip_length].mean(1))
         if ssim.shape[1] > clip_length:
@@ -130,7 +130,7 @@ class MotionEvaluation(MotionReport):
 
     def _action_labels(self) -> dict[str, str]:
         """``action_k`` -> its printed label, with the action's name on DSVAE Sprites."""
-        keys = [f"action_{k}" for k in range(self.hparams.num_actions)]
+        keys = [f"action_{k}" for k in range(self.model.num_actions)]
         if self._is_sprites() and len(SPRITES_ACTIONS) == len(keys):
             return {key: f"{key} ({name})" for key, name in zip(keys, SPRITES_ACTIONS)}
         return {key: key for key in keys}
@@ -148,13 +148,13 @@ class MotionEvaluation(MotionReport):
             return
         judge = self._load_judge(path)
         dm = getattr(self.trainer, "datamodule", None)
-        views = len(dm.views) if dm is not None and hasattr(dm, "views") else judge.hparams.num_classes // self.hparams.num_actions
+        views = len(dm.views) if dm is not None and hasattr(dm, "views") else judge.hparams.num_classes // self.model.num_actions
         self._views = max(views, 1)
-        expect = self.hparams.num_actions * self._views
+        expect = self.model.num_actions * self._views
         if judge.hparams.target_key != "label" or judge.hparams.num_classes != expect:
             raise ValueError(
                 f"The judge {path} classifies {judge.hparams.num_classes} '{judge.hparams.target_key}' classes; this model "
-                f"needs an action-view judge with {expect} classes ({self.hparams.num_actions} actions x {self._views} views)."
+                f"needs an action-view judge with {expect} classes ({self.model.num_actions} actions x {self._views} views)."
             )
         self._judge = [judge]
         n_attr = len(judge.hparams.attribute_cardinalities)
@@ -185,7 +185,7 @@ class MotionEvaluation(MotionReport):
             return {}
         self._train_latents = self._training_latents(self.probe_clips)
         train, fitted = self._train_latents, {}
-        for k in range(self.hparams.num_actions):
+        for k in range(self.model.num_actions):
             sel = train["action"] == k
             if int(sel.sum()) > 2 * self.model.dim:  # enough clips for a full covariance
                 mean, cov = aggregate_gaussian(train["s_mu"][sel], train["s_log_sigma"][sel])
@@ -233,7 +233,7 @@ class MotionEvaluation(MotionReport):
             metrics["attr_real"].update(real["attributes"], attrs)
         for seed in self.eval_seeds:
             gen = self._batch_generator(seed, batch_idx)
-            for k in range(self.hparams.num_actions):
+            for k in range(self.model.num_actions):
                 ak = torch.full_like(action, k)
                 probs = judge.probabilities(self.model.prior_motion(z, ak, T, gen))
                 metrics[f"prior_{seed}"].update(probs["label"], self._views * k + view)
@@ -241,7 +241,7 @@ class MotionEvaluation(MotionReport):
                 if attrs is not None:
                     metrics[f"attr_prior_{seed}"].update(probs["attributes"], attrs)
                 if k in self._fitted_prior:  # extra row: s_1 from the Gaussian fitted to the training posterior
-                    fit_gen = self._batch_generator(seed + 1_000_000, batch_idx * self.hparams.num_actions + k)  # own stream: the N(0, I) row's draws stay as they were
+                    fit_gen = self._batch_generator(seed + 1_000_000, batch_idx * self.model.num_actions + k)  # own stream: the N(0, I) row's draws stay as they were
                     start = sample_gaussian(*self._fitted_prior[k], b, fit_gen).to(z.dtype)
                     fitted = judge.probabilities(self.model.prior_motion(z, ak, T, start=start))
                     metrics[f"fitted_prior_{seed}"].update(fitted["label"], self._views * k + view)
@@ -322,7 +322,7 @@ class MotionEvaluation(MotionReport):
         generation from its first frame with its own action, then with each other action."""
         frames, action = batch["frames"], batch["action"]
         idx = torch.linspace(0, frames.shape[0] - 1, min(num, frames.shape[0]), device=frames.device).round().long()
-        L, K = self.generation_length, self.hparams.num_actions
+        L, K = self.generation_length, self.model.num_actions
         rows = []
         for i in idx.tolist():
             own = int(action[i])
@@ -381,7 +381,7 @@ class MotionEvaluation(MotionReport):
         test = self._gathered_latents()
         train = getattr(self, "_train_latents", None) or self._training_latents(self.probe_clips)
         self._train_latents = None
-        K = self.hparams.num_actions
+        K = self.model.num_actions
         names = [*self._attribute_names(test["targets"].shape[1] - 1), "view"]
         probes: dict[str, dict[str, float]] = {"motion s": {}, "content z": {}, "chance": {}}
         for i, name in enumerate(names):
@@ -424,7 +424,7 @@ class MotionEvaluation(MotionReport):
         with self._eval_mode():
             z = self.model.content(self.model.encode_frames(a)).mu
             T = a.shape[1]
-            priors = [self.model.prior_motion(z, torch.full_like(act_a, k), T, gen) for k in range(self.hparams.num_actions)]
+            priors = [self.model.prior_motion(z, torch.full_like(act_a, k), T, gen) for k in range(self.model.num_actions)]
             ab, _ = self.model.swap_motion(a, b, act_a, act_b)
         rows = [torch.stack([a[i], *[p[i] for p in priors], b[i], ab[i]]) for i in range(a.shape[0])]
         return torch.cat(rows).flatten(0, 1).clamp(0, 1).float().cpu(), T  # (rows * T, 3, h, w), frames per row

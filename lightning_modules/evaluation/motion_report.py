@@ -58,7 +58,7 @@ class MotionReport:
                 self.log(f"test/attr_{kind}_{n}", attr[kind][n]["mean"])
         real = {k: float(v) for k, v in metrics["real"].compute().items()}
         real_attr = metrics["attr_real"].compute().tolist() if metrics["attr_real"].update_count else []
-        confusion = action_view_confusion(metrics["prior_confusion"].compute().cpu(), self.hparams.num_actions, self._views)
+        confusion = action_view_confusion(metrics["prior_confusion"].compute().cpu(), self.model.num_actions, self._views)
         ceilings = {key: {k: float(v) for k, v in metrics[key].compute().items()} for key in ("own_reconstruction", "real_motion_same_view", "real_motion_any_view") if metrics[key].update_count}
         own_attr = metrics["attr_own_reconstruction"].compute().tolist() if metrics["attr_own_reconstruction"].update_count else []
         results["judge"] = {
@@ -96,7 +96,7 @@ class MotionReport:
 
     def _report(self, results: dict, gen: dict, judge_rows: dict | None, attr_rows: dict | None) -> None:
         sprites = self._is_sprites()
-        label = self.hparams.operator
+        label = self.model.operators.kind
         rows = {}
         names = {
             "gen": f"ours {label} (first frame only)",
@@ -161,7 +161,7 @@ class MotionReport:
                 row = {"accuracy": _pm(c["accuracy"], None), "action": _pm(c["action_accuracy"], None), "view": _pm(c["view_accuracy"], None)}
                 row.update({f"judged a{a}": f"{v:.3f}" for a, v in enumerate(c["judged_action"])})
                 rows[labels.get(key, key)] = row
-            cols = ["accuracy", "action", "view", *[f"judged a{a}" for a in range(self.hparams.num_actions)]]
+            cols = ["accuracy", "action", "view", *[f"judged a{a}" for a in range(self.model.num_actions)]]
             tables.append(format_table("Prior-motion generations judged as action x view (all seeds; JSON: the full matrices)", rows, cols))
         diag = results.get("disentanglement")
         if diag:
