@@ -6,7 +6,9 @@
   paper-scale (GPU) configuration is training on a CPU (``warn_gpu_scale``);
 * channels-last convolutions (``use_channels_last``);
 * the optimiser: ``configure_optimizers`` builds ``optimizer()`` and, when ``lr_lambda`` gives a
-  multiplier per step, a per-step ``LambdaLR`` schedule.
+  multiplier per step, a per-step ``LambdaLR`` schedule; ``lr_schedule: cosine`` (a hyper-parameter
+  of the Hamiltonian and equivariant modules) decays the rate to 5% over the run, by steps or by
+  ``trainer.max_time``, whichever is further along.
 
 ``configure_models`` / ``configure_metrics`` style: subclasses build their ``backbone`` model and
 metrics in ``__init__``, and override ``optimizer`` and ``lr_lambda``.
@@ -14,6 +16,7 @@ metrics in ``__init__``, and override ``optimizer`` and ``lr_lambda``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -21,6 +24,14 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from utils.checkpoints import MODEL_TAG_KEY, check_checkpoint_model
+from utils.trainer import run_progress, time_budget
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_lr_schedule(value: str) -> None:
+    if value not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {value!r}.")
 
 
 class SceneMotionModule(pl.LightningModule):
@@ -69,8 +80,23 @@ class SceneMotionModule(pl.LightningModule):
         raise NotImplementedError
 
     def lr_lambda(self) -> Callable[[int], float] | None:
-        """A learning-rate multiplier per optimiser step, or ``None`` for a constant rate."""
-        return None
+        """A learning-rate multiplier per optimiser step, or ``None`` for a constant rate.
+
+        ``hparams.lr_schedule == "cosine"``: decay to 5% over the run's steps (or the clock:
+        ``_schedule_progress``), per optimiser step.
+        """
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return None
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self._schedule_progress(step, total)))
+
+    def _schedule_progress(self, step: int, total: int) -> float:
+        """``run_progress`` of the cosine decay: by steps, or by ``trainer.max_time`` when the clock is
+        further along. Rank 0's share is broadcast, so every rank uses the same learning rate."""
+        timer = time_budget(self.trainer)
+        if timer is None or step == 0:  # step 0: the scheduler's own first call
+            return run_progress(step, total)
+        return float(self.trainer.strategy.broadcast(run_progress(step, total, timer)))
 
     def configure_optimizers(self):
         opt = self.optimizer()

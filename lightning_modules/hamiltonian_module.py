@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +27,11 @@ from torch import Tensor, nn
 
 from backbone.motion_vae import MotionVAE
 from lightning_modules import prediction
-from lightning_modules.base import SceneMotionModule
+from lightning_modules.base import SceneMotionModule, check_lr_schedule
 from lightning_modules.evaluation.motion import MotionEvaluation, generation_metrics
 from lightning_modules.evaluation.motion_report import EVAL_OPTIONS, GEN_METRICS
 from lightning_modules.judge_module import load_judge
 from utils.torch_utils import eval_mode
-from utils.trainer import run_progress, time_budget
 
 GPU_SCALE_PARAMS = 20_000_000
 
@@ -123,8 +121,7 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
             raise ValueError("eval_seeds must list at least one seed.")
         if not 0.0 <= content_subclip_prob <= 1.0:
             raise ValueError(f"content_subclip_prob must be in [0, 1], got {content_subclip_prob}.")
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
+        check_lr_schedule(lr_schedule)
         network = network_arguments(network)  # every network argument is a saved hyper-parameter, defaults included
         # Evaluation options are attributes, not hyper-parameters: LightningCLI re-applies a
         # checkpoint's hyper-parameters over the command line (``--ckpt_path``), so options saved
@@ -297,21 +294,6 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         ids = {id(p) for p in ops}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return torch.optim.Adam([{"params": rest}, {"params": ops, "lr": hp.operator_lr or hp.lr}], lr=hp.lr)
-
-    def lr_lambda(self) -> Callable[[int], float] | None:
-        """``lr_schedule: cosine``: decay to 5% over the run (steps, or the clock: ``_schedule_progress``)."""
-        if self.hparams.lr_schedule == "constant":
-            return None
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        return lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self._schedule_progress(step, total)))
-
-    def _schedule_progress(self, step: int, total: int) -> float:
-        """``run_progress`` of the cosine decay: by steps, or by ``trainer.max_time`` when the clock is
-        further along. Rank 0's share is broadcast, so every rank uses the same learning rate."""
-        timer = time_budget(self.trainer)
-        if timer is None or step == 0:  # step 0: the scheduler's own first call
-            return run_progress(step, total)
-        return float(self.trainer.strategy.broadcast(run_progress(step, total, timer)))
 
     def _load_judge(self, path: str) -> nn.Module:
         return load_judge(path, self.device)
