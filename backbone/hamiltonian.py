@@ -20,11 +20,6 @@ Two operator families (§4.1):
   is skew-symmetric and ``exp(τH)`` is orthogonal *and* symplectic. This is the whole Lie
   algebra sp(2d) ∩ so(2d) ≅ u(d) (d² free parameters; the paper counts (d² - d)/2, which is
   the size of so(d) alone; we keep the full algebra).
-* ``"oscillators"`` (not in the paper; issue 12): ``d`` uncoupled oscillators, ``M = diag(ω, ω)``,
-  so ``H = [[0, diag ω], [-diag ω, 0]]`` rotates each pair ``(q_i, p_i)`` by ``ω_i`` per frame. A
-  subset of both families above whose rotation planes are the coordinate pairs, so a diagonal
-  posterior can leave an unused pair at the prior (``σ = 1``) and a decoder can learn to ignore
-  it. The frequencies start spread over ``(0, π)``: ``ω_i = π i / (d + 1)`` plus ``init_std`` noise.
 
 The full motion operator is block diagonal ``diag(H_1, …, H_K)``; a clip of action ``k`` only
 moves in ``S^k`` and every other subspace stays exactly zero (eq. 5, 9, 14), so we only ever
@@ -40,8 +35,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-OperatorKind = Literal["H", "skew-H", "oscillators"]
-OPERATOR_KINDS: tuple[str, ...] = ("H", "skew-H", "oscillators")
+OperatorKind = Literal["H", "skew-H"]
+OPERATOR_KINDS: tuple[str, ...] = ("H", "skew-H")
 
 
 def symplectic_form(d: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor:
@@ -62,7 +57,7 @@ class HamiltonianOperators(nn.Module):
     Args:
         num_actions: ``K``, one operator (and one motion subspace) per action.
         dim: ``d``, the position (= momentum) dimension of each subspace (sprites: 6, MUG: 12).
-        kind: ``"H"`` (symplectic), ``"skew-H"`` (symplectic orthogonal) or ``"oscillators"``, see module docstring.
+        kind: ``"H"`` (symplectic) or ``"skew-H"`` (symplectic orthogonal), see module docstring.
         init_std: std of the Gaussian initialisation of the free parameters. Small values make
             ``exp(τH)`` close to (but not exactly) the identity at the start of training.
     """
@@ -78,9 +73,6 @@ class HamiltonianOperators(nn.Module):
         self.num_actions, self.dim, self.kind = num_actions, dim, kind
         if kind == "H":
             self.A = nn.Parameter(torch.randn(num_actions, 2 * dim, 2 * dim) * init_std)
-        elif kind == "oscillators":
-            spread = torch.pi * torch.arange(1, dim + 1) / (dim + 1)
-            self.omega = nn.Parameter(spread.repeat(num_actions, 1) + torch.randn(num_actions, dim) * init_std)
         else:
             self.S = nn.Parameter(torch.randn(num_actions, dim, dim) * init_std)
             self.T = nn.Parameter(torch.randn(num_actions, dim, dim) * init_std)
@@ -91,8 +83,6 @@ class HamiltonianOperators(nn.Module):
         """The symmetric ``M_k`` of every action, ``(K, 2d, 2d)``."""
         if self.kind == "H":
             return self.A + self.A.transpose(-1, -2)
-        if self.kind == "oscillators":
-            return torch.diag_embed(torch.cat([self.omega, self.omega], -1))
         S = self.S + self.S.transpose(-1, -2)
         T = self.T - self.T.transpose(-1, -2)
         return torch.cat([torch.cat([S, T], -1), torch.cat([-T, S], -1)], -2)
@@ -107,11 +97,6 @@ class HamiltonianOperators(nn.Module):
         One batched ``torch.linalg.matrix_exp`` over ``n·K`` small matrices (differentiable),
         in ``dtype`` (default: the parameters'; float64 for conservation checks).
         """
-        if self.kind == "oscillators":  # closed form: [[cos τΩ, sin τΩ], [-sin τΩ, cos τΩ]]
-            omega = self.omega if dtype is None else self.omega.to(dtype)
-            angle = times.to(omega.dtype)[:, None, None] * omega[None]  # (n, K, d)
-            cos, sin = torch.diag_embed(angle.cos()), torch.diag_embed(angle.sin())
-            return torch.cat([torch.cat([cos, sin], -1), torch.cat([-sin, cos], -1)], -2)
         H = self.generator()
         H = H if dtype is None else H.to(dtype)
         tH = times.to(H.dtype)[:, None, None, None] * H[None]

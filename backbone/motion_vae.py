@@ -59,9 +59,6 @@ class MotionVAE(nn.Module):
         operator_init_std: initial scale of the operators' free parameters.
         output_activation: decoder output, ``"sigmoid"`` or ``"linear"`` (``FrameDecoder``).
         output_bias: initial bias of the decoder's last layer (``FrameDecoder``).
-        render_momentum: the decoder reads the whole state ``(q_t, p_t)`` rather than ``q_t`` alone
-            (not in the paper, which renders positions; issue 12): with ``"oscillators"`` each pair
-            ``(q_i, p_i)`` is then a phase the decoder can read directly.
     """
 
     def __init__(
@@ -86,7 +83,6 @@ class MotionVAE(nn.Module):
         operator_init_std: float = 0.01,
         output_activation: str = "sigmoid",
         output_bias: float = 0.0,
-        render_momentum: bool = False,
     ) -> None:
         super().__init__()
         if momentum_window < 1:
@@ -98,14 +94,12 @@ class MotionVAE(nn.Module):
         self.num_actions, self.dim, self.content_dim = num_actions, position_dim, content_dim
         self.image_size, self.in_channels = image_size, in_channels
         hidden = motion_hidden or num_actions * position_dim
-        self.render_momentum = render_momentum
-        rendered = num_actions * position_dim * (2 if render_momentum else 1)
         self.encoder = FrameEncoder(image_size, in_channels, encoder_channels, encoder_strides, encoder_hidden, frame_dim, kernel_size, batchnorm)
         self.content = ContentPosterior(frame_dim, content_dim)
         self.position = MotionPosterior(frame_dim, num_actions, position_dim, hidden, 1, batchnorm)
         self.momentum = MotionPosterior(frame_dim, num_actions, position_dim, hidden, momentum_window, batchnorm)
         self.operators = HamiltonianOperators(num_actions, position_dim, operator, operator_init_std)
-        self.decoder = FrameDecoder(content_dim + rendered, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation, output_bias)
+        self.decoder = FrameDecoder(content_dim + num_actions * position_dim, image_size, in_channels, decoder_hidden, decoder_channels, decoder_strides, kernel_size, batchnorm, output_activation, output_bias)
         self.memory_format = torch.contiguous_format
 
     # ------------------------------------------------------------------ checks
@@ -153,8 +147,7 @@ class MotionVAE(nn.Module):
         return self.operators.rollout(start, action, offsets, dtype)
 
     def decode(self, z: Tensor, positions: Tensor, action: Tensor) -> Tensor:
-        """Frames from content ``z (b, |Z|)`` and active-subspace positions ``q (b, L, d)`` (whole
-        states ``(b, L, 2d)`` with ``render_momentum``): ``(b, L, c, H, W)``.
+        """Frames from content ``z (b, |Z|)`` and active-subspace positions ``q (b, L, d)``: ``(b, L, c, H, W)``.
 
         The decoder input is ``[z, q_t^1, …, q_t^K]`` with every block but the clip's action zero.
         """
@@ -165,8 +158,8 @@ class MotionVAE(nn.Module):
         return rearrange(x.contiguous(), "(b l) c h w -> b l c h w", b=b)
 
     def decode_states(self, z: Tensor, states: Tensor, action: Tensor) -> Tensor:
-        """Decode phase-space states ``(b, L, 2d)`` (only the positions ``q`` are rendered, unless ``render_momentum``)."""
-        return self.decode(z, states if self.render_momentum else states[..., : self.dim], action)
+        """Decode phase-space states ``(b, L, 2d)`` (only the positions ``q`` are rendered)."""
+        return self.decode(z, states[..., : self.dim], action)
 
     # ------------------------------------------------------------------ training pass
     def forward(
