@@ -7,7 +7,7 @@
 * channels-last convolutions (``use_channels_last``);
 * the optimiser: ``configure_optimizers`` builds ``optimizer()`` and, when ``lr_lambda`` gives a
   multiplier per step, a per-step ``LambdaLR`` schedule; ``lr_schedule: cosine`` (a hyper-parameter
-  of the Hamiltonian and equivariant modules) decays the rate to 5% over the run, by steps or by
+  of the Hamiltonian module) decays the rate to 5% over the run, by steps or by
   ``trainer.max_time``, whichever is further along.
 
 ``configure_models`` / ``configure_metrics`` style: subclasses build their ``backbone`` model and

@@ -33,7 +33,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from backbone.scene import EquivariantScene
 from lightning_modules import prediction
-from lightning_modules.base import SceneMotionModule, check_lr_schedule
+from lightning_modules.base import SceneMotionModule
 from lightning_modules.evaluation.scene_report import run_evaluation
 from utils.trainer import run_dir
 
@@ -55,8 +55,6 @@ class EquivariantSceneModule(SceneMotionModule):
             (the pivot head with scale, aspect and shear held at zero).
         alpha_equiv, alpha_inv: the weights α of eq. 4.
         lr, betas, weight_decay: Adam.
-        lr_schedule: ``"constant"`` (default) or ``"cosine"``: decay to 5% over the run's steps, or
-            over ``trainer.max_time`` when the clock is further along (``SceneMotionModule.lr_lambda``).
         use_ground_truth_transform: the ``T_Z := T_X`` ablation (Fig. 18): apply the batch's
             ground-truth affine ``T_X`` instead of the learned ``T_Z`` (needs a dataset with poses
             and one character, i.e. ``MovingMNIST`` with ``num_digits: 1``).
@@ -99,7 +97,6 @@ class EquivariantSceneModule(SceneMotionModule):
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
-        lr_schedule: str = "constant",
         use_ground_truth_transform: bool = False,
         transform_noise: float = 0.0,
         transform_noise_steps: int = 0,
@@ -121,7 +118,6 @@ class EquivariantSceneModule(SceneMotionModule):
                 raise ValueError(f"{name} must be >= 0 (a weight of eq. 4), got {value}.")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}.")
-        check_lr_schedule(lr_schedule)
         if transform_noise < 0 or transform_noise_steps < 0:
             raise ValueError(f"transform_noise and transform_noise_steps must be >= 0, got {transform_noise} and {transform_noise_steps}.")
         if fig3_examples < 1 or fig3_chunk < 1 or tz_pairs < 0:

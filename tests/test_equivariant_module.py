@@ -210,19 +210,6 @@ def test_bad_hyperparameters_fail_clearly():
         EquivariantSceneModule(alpha_equiv=-1.0, **TINY)
     with pytest.raises(ValueError, match="lr must be > 0"):
         EquivariantSceneModule(lr=0.0, **TINY)
-    with pytest.raises(ValueError, match="lr_schedule must be one of"):
-        EquivariantSceneModule(lr_schedule="linear", **TINY)
-
-
-def test_cosine_lr_schedule_ends_the_run_at_its_floor():
-    """``lr_schedule: cosine`` (shared with the Hamiltonian module): per-step decay to 5% at ``max_steps``."""
-    torch.manual_seed(0)
-    pairs = [{"x1": torch.rand(3, 32, 32), "x2": torch.rand(3, 32, 32)} for _ in range(8)]
-    model = EquivariantSceneModule(**{**TINY, "image_size": 32}, lr=1e-3, lr_schedule="cosine")
-    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
-    trainer.fit(model, train_dataloaders=DataLoader(pairs, batch_size=2))
-    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx([0.05 * 1e-3])
 
 
 # ---------------------------------------------------------------------------- evaluation maths
