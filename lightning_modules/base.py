@@ -30,6 +30,7 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_lr_schedule(value: str) -> None:
+    """One clear message for an unknown ``lr_schedule`` (see ``SceneMotionModule.lr_lambda``)."""
     if value not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {value!r}.")
 

@@ -290,6 +290,19 @@ def test_content_subclip_reads_the_chosen_frames(cache_dir):
         HamiltonianMotionModule(**TINY, content_subclip_prob=1.5)
 
 
+def test_network_arguments_go_to_the_motion_vae_and_are_all_saved():
+    """``**network`` is ``MotionVAE``'s: given values reach the network, every one (defaults included) is
+    a saved hyper-parameter, and a misspelt name or schedule gets one clear message."""
+    module = HamiltonianMotionModule(**TINY, operator="skew-H")
+    assert module.model.operators.kind == "skew-H" and module.model.dim == 6  # MotionVAE's default position_dim
+    assert {"num_actions", "position_dim", "operator", "in_channels", "kernel_size"} <= set(module.hparams)
+    assert module.hparams.encoder_channels == TINY["encoder_channels"] and module.hparams.num_actions == 3
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['positon_dim'\].*position_dim"):
+        HamiltonianMotionModule(**TINY, positon_dim=2)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        HamiltonianMotionModule(**TINY, lr_schedule="linear")
+
+
 def test_single_frame_content_is_read_as_a_still_clip(cache_dir):
     """Image -> sequence reads the content of the frame repeated ``content_still_frames`` times
     (the LSTM's training length); 1 reads it once; the motion comes from the frame either way."""
