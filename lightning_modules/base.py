@@ -6,9 +6,9 @@
   paper-scale (GPU) configuration is training on a CPU (``warn_gpu_scale``);
 * channels-last convolutions (``use_channels_last``);
 * the optimiser: ``configure_optimizers`` builds ``optimizer()`` and, when ``lr_lambda`` gives a
-  multiplier per step, a per-step ``LambdaLR`` schedule; ``lr_schedule: cosine`` (a hyper-parameter
-  of the Hamiltonian module) decays the rate to 5% over the run, by steps or by
-  ``trainer.max_time``, whichever is further along.
+  multiplier per step, a per-step ``LambdaLR`` schedule; ``cosine_lr_lambda`` decays the rate to 5% over the
+  run, by steps or by ``trainer.max_time``, whichever is further along (the Hamiltonian module's
+  ``lr_schedule: cosine``).
 
 ``configure_models`` / ``configure_metrics`` style: subclasses build their ``backbone`` model and
 metrics in ``__init__``, and override ``optimizer`` and ``lr_lambda``.
@@ -81,13 +81,11 @@ class SceneMotionModule(pl.LightningModule):
         raise NotImplementedError
 
     def lr_lambda(self) -> Callable[[int], float] | None:
-        """A learning-rate multiplier per optimiser step, or ``None`` for a constant rate.
+        """A learning-rate multiplier per optimiser step, or ``None`` for a constant rate."""
+        return None
 
-        ``hparams.lr_schedule == "cosine"``: decay to 5% over the run's steps (or the clock:
-        ``_schedule_progress``), per optimiser step.
-        """
-        if self.hparams.get("lr_schedule", "constant") == "constant":
-            return None
+    def cosine_lr_lambda(self) -> Callable[[int], float]:
+        """Decay to 5% over the run's steps (or the clock: ``_schedule_progress``), per optimiser step."""
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         return lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self._schedule_progress(step, total)))
 

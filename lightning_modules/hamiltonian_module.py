@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -294,6 +294,10 @@ class HamiltonianMotionModule(MotionEvaluation, SceneMotionModule):
         ids = {id(p) for p in ops}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return torch.optim.Adam([{"params": rest}, {"params": ops, "lr": hp.operator_lr or hp.lr}], lr=hp.lr)
+
+    def lr_lambda(self) -> Callable[[int], float] | None:
+        """``lr_schedule: cosine``: ``SceneMotionModule.cosine_lr_lambda``; ``constant``: none."""
+        return self.cosine_lr_lambda() if self.hparams.lr_schedule == "cosine" else None
 
     def _load_judge(self, path: str) -> nn.Module:
         return load_judge(path, self.device)

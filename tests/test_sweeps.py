@@ -41,7 +41,7 @@ def test_sweep_file_passes_the_engine_schema_and_names_real_init_args(path, monk
     module_path, cls = base["model"]["class_path"].rsplit(".", 1)
     parser = ArgumentParser()  # what the CLI accepts: jsonargparse also follows **kwargs into the class they are passed to
     parser.add_class_arguments(getattr(importlib.import_module(module_path), cls), "model")
-    accepted = {action.dest.split(".", 1)[1] for action in parser._actions if action.dest.startswith("model.")}
+    accepted = set(vars(parser.get_defaults().model))
     for name in config["parameters"]:
         assert name.startswith("model.init_args.") and name.split(".")[-1] in accepted, name
     # the agent's macro expansion: one --name=value flag per parameter
